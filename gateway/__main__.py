@@ -1,0 +1,51 @@
+"""Entry point: `jobgate serve | check | admin ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .admin import add_admin_parser, admin_main
+from .config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jobgate", description="Reverse-proxy authentication gateway for CI job tokens."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway, admin and metrics listeners")
+    serve.add_argument("--config", required=True)
+    check = sub.add_parser("check", help="validate a config file and exit")
+    check.add_argument("--config", required=True)
+    add_admin_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line and run one command; the exit status is returned."""
+    args = _parser().parse_args(argv)
+    if args.command == "admin":
+        return admin_main(args)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print(f"{args.config}: ok ({len(config.upstreams)} upstreams)")
+        return 0
+    from .observe import setup_logging
+    from .server import serve
+
+    setup_logging()
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(config, args.config))
+    return uvloop.run(serve(config, args.config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

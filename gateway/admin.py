@@ -1,0 +1,367 @@
+"""The control plane: the admin HTTP API and the `jobgate admin` CLI, both over store.Store.
+
+The orchestrator writes job state through these verbs and never needs Redis' key
+layout. HTTP API (bearer admin token, JSON bodies, on `admin_listen`):
+
+    PUT    /admin/v1/projects/{id}                    {path, visibility, scope, inbound, pending_delete}
+    PUT    /admin/v1/projects/{id}/members/{user}     {access_level}      (0 removes)
+    PUT    /admin/v1/projects/{source}/allowlist/{target}
+    DELETE /admin/v1/projects/{source}/allowlist/{target}
+    PUT    /admin/v1/projects/{target}/inbound/{source}  {policies: [...]} (absent: default)
+    DELETE /admin/v1/projects/{target}/inbound/{source}  (source: id or URL-encoded group path)
+    POST   /admin/v1/jobs                             {id, project, user, pipeline, name, ref, timeout}
+    GET    /admin/v1/jobs/{id}
+    POST   /admin/v1/jobs/{id}/finish                 {status}
+    POST   /admin/v1/jobs/{id}/erase
+    POST   /admin/v1/triggers                         {project, owner}
+    POST   /admin/v1/triggers/revoke                  {token}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .config import PRIVATE_REDIS_URL, ConfigError, load_config
+from .store import FINISH_STATUSES, VISIBILITIES, ControlError, Store, StoreUnavailable, connect
+
+ADMIN_STORE = web.AppKey("admin_store", Store)
+ADMIN_TOKEN = web.AppKey("admin_token", str)
+MAX_ADMIN_BODY = 64 * 1024
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"message": message}, status=status)
+
+
+@web.middleware
+async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer admin token on every call; control errors become clear 4xx answers."""
+    expected = request.app[ADMIN_TOKEN].encode()
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        return web.json_response(
+            {"message": "401 Unauthorized"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="jobgate-admin"'},
+        )
+    try:
+        return await handler(request)
+    except ControlError as exc:
+        return _error(exc.status, str(exc))
+    except StoreUnavailable:
+        return _error(503, "503 Service Unavailable: Redis is unreachable")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.body_exists:
+        return {}
+    if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
+        raise ControlError("request body too large", 413)
+    try:
+        data = json.loads(await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        raise ControlError("request body too large", 413) from None
+    except (ValueError, UnicodeDecodeError):
+        raise ControlError("body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise ControlError("body must be a JSON object")
+    return data
+
+
+def _int(value: Any, name: str, required: bool = True) -> int | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ControlError(f"{name} must be an integer")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ControlError(f"{name} must be an integer, got {value!r}") from None
+    if number < 0 or number >= 1 << 63:
+        raise ControlError(f"{name} out of range")
+    return number
+
+
+def _flag(value: Any, name: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if value in ("on", "off"):
+        return value == "on"
+    raise ControlError(f"{name} must be true/false or on/off")
+
+
+def _str(value: Any, name: str, default: str | None = None) -> str | None:
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise ControlError(f"{name} must be a string")
+    return value
+
+
+def _path_id(request: web.Request, name: str) -> int:
+    value = _int(request.match_info[name], name)
+    assert value is not None
+    return value
+
+
+async def _put_project(request: web.Request) -> web.Response:
+    body = await _body(request)
+    project = await request.app[ADMIN_STORE].set_project(
+        _path_id(request, "id"),
+        path=_str(body.get("path"), "path"),
+        visibility=_str(body.get("visibility"), "visibility"),
+        scope=_flag(body.get("scope"), "scope"),
+        inbound=_flag(body.get("inbound"), "inbound"),
+        pending_delete=_flag(body.get("pending_delete"), "pending_delete"),
+    )
+    return web.json_response({"id": _path_id(request, "id"), **project})
+
+
+async def _put_member(request: web.Request) -> web.Response:
+    body = await _body(request)
+    level = _int(body.get("access_level"), "access_level")
+    assert level is not None
+    project, user = _path_id(request, "id"), _path_id(request, "user")
+    await request.app[ADMIN_STORE].set_member(project, user, level)
+    return web.json_response({"project": project, "user": user, "access_level": level})
+
+
+async def _allowlist(request: web.Request) -> web.Response:
+    source, target = _path_id(request, "id"), _path_id(request, "target")
+    present = request.method == "PUT"
+    await request.app[ADMIN_STORE].set_outbound(source, target, present)
+    return web.json_response({"source": source, "target": target, "present": present})
+
+
+async def _inbound(request: web.Request) -> web.Response:
+    body = await _body(request)
+    target, source = _path_id(request, "id"), request.match_info["source"]
+    policies = body.get("policies")
+    if policies is not None and (
+        not isinstance(policies, list) or not all(isinstance(p, str) for p in policies)
+    ):
+        raise ControlError("policies must be a list of policy names")
+    present = request.method == "PUT"
+    entry = await request.app[ADMIN_STORE].set_inbound(target, source, present, policies)
+    return web.json_response({"target": target, "source": entry, "present": present})
+
+
+async def _start_job(request: web.Request) -> web.Response:
+    body = await _body(request)
+    timeout = body.get("timeout", 3600)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ControlError("timeout must be a number of seconds")
+    job_id = _int(body.get("id"), "id")
+    token = await request.app[ADMIN_STORE].start_job(
+        job_id,  # type: ignore[arg-type]
+        project_id=_int(body.get("project"), "project"),  # type: ignore[arg-type]
+        user_id=_int(body.get("user"), "user"),  # type: ignore[arg-type]
+        pipeline_id=_int(body.get("pipeline"), "pipeline", required=False),
+        name=_str(body.get("name"), "name", "") or "",
+        ref=_str(body.get("ref"), "ref", "") or "",
+        timeout=float(timeout),
+    )
+    return web.json_response({"id": job_id, "token": token}, status=201)
+
+
+async def _get_job(request: web.Request) -> web.Response:
+    job = await request.app[ADMIN_STORE].get_job(_path_id(request, "id"))
+    if job is None:
+        return _error(404, "job does not exist")
+    return web.json_response(job)
+
+
+async def _finish_job(request: web.Request) -> web.Response:
+    body = await _body(request)
+    status = _str(body.get("status"), "status", "success") or "success"
+    job_id = _path_id(request, "id")
+    await request.app[ADMIN_STORE].finish_job(job_id, status)
+    return web.json_response({"id": job_id, "status": status})
+
+
+async def _erase_job(request: web.Request) -> web.Response:
+    job_id = _path_id(request, "id")
+    await request.app[ADMIN_STORE].erase_job(job_id)
+    return web.json_response({"id": job_id, "erased": True})
+
+
+async def _create_trigger(request: web.Request) -> web.Response:
+    body = await _body(request)
+    token = await request.app[ADMIN_STORE].create_trigger(
+        _int(body.get("project"), "project"),  # type: ignore[arg-type]
+        _int(body.get("owner"), "owner"),  # type: ignore[arg-type]
+    )
+    return web.json_response({"token": token}, status=201)
+
+
+async def _revoke_trigger(request: web.Request) -> web.Response:
+    body = await _body(request)
+    token = _str(body.get("token"), "token")
+    if not token:
+        raise ControlError("token is required")
+    if not await request.app[ADMIN_STORE].revoke_trigger(token):
+        return _error(404, "no such trigger token")
+    return web.json_response({"revoked": True})
+
+
+def build_admin(store: Store, admin_token: str) -> web.Application:
+    """The admin HTTP API application."""
+    app = web.Application(middlewares=[admin_guard], client_max_size=MAX_ADMIN_BODY)
+    app[ADMIN_STORE] = store
+    app[ADMIN_TOKEN] = admin_token
+    p = "/admin/v1/projects/{id}"
+    app.router.add_put(p, _put_project)
+    app.router.add_put(p + "/members/{user}", _put_member)
+    app.router.add_route("PUT", p + "/allowlist/{target}", _allowlist)
+    app.router.add_route("DELETE", p + "/allowlist/{target}", _allowlist)
+    app.router.add_route("PUT", p + "/inbound/{source:.+}", _inbound)
+    app.router.add_route("DELETE", p + "/inbound/{source:.+}", _inbound)
+    app.router.add_post("/admin/v1/jobs", _start_job)
+    app.router.add_get("/admin/v1/jobs/{id}", _get_job)
+    app.router.add_post("/admin/v1/jobs/{id}/finish", _finish_job)
+    app.router.add_post("/admin/v1/jobs/{id}/erase", _erase_job)
+    app.router.add_post("/admin/v1/triggers", _create_trigger)
+    app.router.add_post("/admin/v1/triggers/revoke", _revoke_trigger)
+    return app
+
+
+# -- the CLI --------------------------------------------------------------------------
+
+
+def _onoff(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError("expected on or off")
+    return text == "on"
+
+
+def add_admin_parser(sub: Any) -> None:
+    """The `jobgate admin ...` grammar, exactly as SPEC §7 lists it."""
+    admin = sub.add_parser("admin", help="write job state: projects, members, scope, jobs, triggers")
+    where = admin.add_mutually_exclusive_group()
+    where.add_argument("--config", help="read Redis settings from this config file")
+    where.add_argument("--redis-url", help="Redis URL (default: the config's, or the private one)")
+    nouns = admin.add_subparsers(dest="noun", required=True)
+
+    project = nouns.add_parser("project").add_subparsers(dest="verb", required=True)
+    pset = project.add_parser("set", help="create or update a project")
+    pset.add_argument("id", type=int)
+    pset.add_argument("--path")
+    pset.add_argument("--visibility", choices=VISIBILITIES)
+    pset.add_argument("--scope", type=_onoff, help="outbound limit (Limit CI_JOB_TOKEN access)")
+    pset.add_argument("--inbound", type=_onoff, help="inbound limit (allow access with a job token)")
+    pset.add_argument("--pending-delete", type=_onoff)
+
+    member = nouns.add_parser("member").add_subparsers(dest="verb", required=True)
+    mset = member.add_parser("set", help="set a user's access level (0 removes)")
+    for name in ("project_id", "user_id", "access_level"):
+        mset.add_argument(name, type=int)
+
+    allow = nouns.add_parser("allowlist").add_subparsers(dest="verb", required=True)
+    for verb in ("add", "remove"):
+        p = allow.add_parser(verb, help=f"{verb} TARGET on SOURCE's outbound allowlist")
+        p.add_argument("source_id", type=int)
+        p.add_argument("target_id", type=int)
+
+    inbound = nouns.add_parser("inbound").add_subparsers(dest="verb", required=True)
+    for verb in ("add", "remove"):
+        p = inbound.add_parser(verb, help=f"{verb} SOURCE on TARGET's inbound allowlist")
+        p.add_argument("target_id", type=int)
+        p.add_argument("source", help="a project id or a group path")
+        if verb == "add":
+            p.add_argument("--policies", help="comma-separated job token policies")
+
+    job = nouns.add_parser("job").add_subparsers(dest="verb", required=True)
+    start = job.add_parser("start", help="record a running job; prints its token")
+    start.add_argument("--id", type=int, required=True)
+    start.add_argument("--project", type=int, required=True)
+    start.add_argument("--user", type=int, required=True)
+    start.add_argument("--pipeline", type=int)
+    start.add_argument("--name", default="")
+    start.add_argument("--ref", default="")
+    start.add_argument("--timeout", type=float, default=3600.0)
+    finish = job.add_parser("finish", help="set a job's final status (revokes its token)")
+    finish.add_argument("id", type=int)
+    finish.add_argument("--status", choices=FINISH_STATUSES, default="success")
+    erase = job.add_parser("erase", help="erase a job (revokes its token)")
+    erase.add_argument("id", type=int)
+
+    trigger = nouns.add_parser("trigger").add_subparsers(dest="verb", required=True)
+    create = trigger.add_parser("create", help="create a trigger token; prints it")
+    create.add_argument("project_id", type=int)
+    create.add_argument("--owner", type=int, required=True)
+    revoke = trigger.add_parser("revoke", help="revoke a trigger token")
+    revoke.add_argument("token")
+
+
+async def _run_admin(store: Store, args: argparse.Namespace) -> str:
+    noun, verb = args.noun, args.verb
+    if noun == "project":
+        fields = await store.set_project(
+            args.id, args.path, args.visibility, args.scope, args.inbound, args.pending_delete
+        )
+        return json.dumps({"id": args.id, **fields}, sort_keys=True)
+    if noun == "member":
+        await store.set_member(args.project_id, args.user_id, args.access_level)
+        return f"member {args.user_id} of project {args.project_id}: {args.access_level}"
+    if noun == "allowlist":
+        await store.set_outbound(args.source_id, args.target_id, verb == "add")
+        return f"outbound {verb}: {args.source_id} -> {args.target_id}"
+    if noun == "inbound":
+        policies = args.policies.split(",") if getattr(args, "policies", None) else None
+        entry = await store.set_inbound(args.target_id, args.source, verb == "add", policies)
+        return f"inbound {verb}: {entry} -> {args.target_id}"
+    if noun == "job" and verb == "start":
+        return await store.start_job(
+            args.id, args.project, args.user, args.pipeline, args.name, args.ref, args.timeout
+        )
+    if noun == "job" and verb == "finish":
+        await store.finish_job(args.id, args.status)
+        return f"job {args.id}: {args.status}"
+    if noun == "job":
+        await store.erase_job(args.id)
+        return f"job {args.id}: erased"
+    if verb == "create":
+        return await store.create_trigger(args.project_id, args.owner)
+    if not await store.revoke_trigger(args.token):
+        raise ControlError("no such trigger token", 404)
+    return "trigger token revoked"
+
+
+def admin_main(args: argparse.Namespace) -> int:
+    """Run one `jobgate admin` command; exit 0, or 1 with the reason on stderr."""
+    url, prefix, timeout = args.redis_url, "{jobgate}:", 5.0
+    if args.config:
+        try:
+            config = load_config(args.config)
+        except ConfigError as exc:
+            print("\n".join(exc.problems), file=sys.stderr)
+            return 2
+        url, prefix, timeout = config.redis.effective_url, config.redis.key_prefix, config.redis.timeout
+    url = url or PRIVATE_REDIS_URL
+
+    async def run() -> str:
+        store = Store(connect(url, timeout), prefix)
+        try:
+            return await _run_admin(store, args)
+        finally:
+            await store.close()
+
+    try:
+        print(asyncio.run(run()))
+    except ControlError as exc:
+        print(f"jobgate admin: {exc}", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"jobgate admin: Redis at {url.split('@')[-1]} is unreachable ({exc})", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,291 @@
+"""Assembles the gateway: the middleware chain, app state keys and resource lifetimes.
+
+A request walks: request id -> access log -> metrics -> normalize + route -> credential
+-> one Redis read -> decision -> proxy (or a local answer, or a denial).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+from aiohttp import web
+
+from . import responses
+from .config import Config
+from .credentials import (
+    JOB_TOKEN_HEADER,
+    JOB_TOKEN_PARAM,
+    TOKEN_PARAM,
+    Credential,
+    CredentialError,
+    Source,
+    extract_credential,
+)
+from .decision import Decision, Reason, decide
+from .observe import Metrics, RequestLog, access_logger, method_label
+from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
+from .routes import PathError, RouteMatch, canonical_path, match, split_path
+from .store import Store, StoreUnavailable, connect
+
+
+@dataclass
+class Runtime:
+    """The config in force and the upstream clients built from it; SIGHUP swaps both."""
+
+    config: Config
+    sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
+
+    def open_sessions(self, previous: Runtime | None = None) -> list[aiohttp.ClientSession]:
+        """Build clients for every upstream, keeping unchanged ones; returns those retired."""
+        kept = previous.sessions if previous else {}
+        old = previous.config.upstreams if previous else {}
+        for name, upstream in self.config.upstreams.items():
+            same = name in kept and old.get(name) == upstream
+            self.sessions[name] = kept[name] if same else client_session(upstream)
+        return [s for name, s in kept.items() if self.sessions.get(name) is not s]
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+STORE = web.AppKey("store", Store)
+METRICS = web.AppKey("metrics", Metrics)
+REQUEST_LOG = web.RequestKey("request_log", RequestLog)
+
+IDENTITY_JOB = "X-Jobgate-Job-Id"
+IDENTITY_PROJECT = "X-Jobgate-Project-Id"
+IDENTITY_TARGET = "X-Jobgate-Target-Project-Id"
+IDENTITY_USER = "X-Jobgate-User-Id"
+IDENTITY_PIPELINE_SOURCE = "X-Jobgate-Pipeline-Source"
+
+log = logging.getLogger("jobgate")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, in-flight gauge, request metrics and one access-log line per request."""
+    metrics = request.app[METRICS]
+    request_id = request.headers.get("X-Request-Id", "")
+    if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+        request_id = secrets.token_hex(8)
+    entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
+    request[REQUEST_LOG] = entry
+    metrics.in_flight.inc()
+    try:
+        response = await handler(request)
+        entry.status = response.status
+    except web.HTTPException as exc:
+        entry.status = exc.status
+        raise
+    except Exception as exc:  # a bug must not show a traceback or the token
+        if isinstance(exc, ConnectionResetError):
+            entry.status = 499
+            raise
+        log.error("unhandled %s in request %s", type(exc).__name__, request_id)
+        entry.status = 500
+        return responses.json_error(500, "500 Internal Server Error")
+    finally:
+        metrics.in_flight.dec()
+        metrics.requests.labels(entry.route, method_label(request.method), str(entry.status)).inc()
+        metrics.request_seconds.labels(entry.route).observe(time.perf_counter() - entry.started)
+        access_logger.info(entry.line())
+    response.headers["X-Request-Id"] = request_id
+    return response
+
+
+async def _trigger_form(request: web.Request) -> tuple[dict[str, list[str]], Any]:
+    """The trigger endpoint's form: its `token` values and the body to forward without them."""
+    ctype = request.content_type
+    if ctype == "application/x-www-form-urlencoded":
+        raw = (await request.read()).decode("latin-1")
+        pairs = parse_qsl(raw, keep_blank_values=True)
+        tokens = [v for k, v in pairs if k == TOKEN_PARAM]
+        return {TOKEN_PARAM: tokens}, filter_query(raw, {TOKEN_PARAM}).encode("latin-1")
+    if ctype == "multipart/form-data":
+        post = await request.post()
+        form = aiohttp.FormData(default_to_multipart=True)
+        tokens = []
+        for key, value in post.items():
+            if key == TOKEN_PARAM and isinstance(value, str):
+                tokens.append(value)
+            elif isinstance(value, web.FileField):
+                form.add_field(key, value.file.read(), filename=value.filename,
+                               content_type=value.content_type)
+            else:
+                form.add_field(key, value)
+        return {TOKEN_PARAM: tokens}, form
+    if ctype == "application/json":
+        raw_json = await request.read()
+        try:
+            data = json.loads(raw_json)
+        except (ValueError, UnicodeDecodeError):
+            raise CredentialError("malformed JSON body") from None
+        if not isinstance(data, dict) or TOKEN_PARAM not in data:
+            return {}, raw_json
+        token = data.pop(TOKEN_PARAM)
+        if not isinstance(token, str):
+            raise CredentialError("token must be a string")
+        return {TOKEN_PARAM: [token]}, json.dumps(data).encode()
+    return {}, None
+
+
+def _identity(decision: Decision, pipeline_source: bool) -> dict[str, str]:
+    state = decision.state
+    assert state is not None and decision.source is not None
+    identity = {IDENTITY_PROJECT: str(decision.source.id)}
+    if decision.job is not None:
+        identity[IDENTITY_JOB] = str(decision.job.id)
+    if decision.target is not None:
+        identity[IDENTITY_TARGET] = str(decision.target.id)
+    if state.user_id is not None:
+        identity[IDENTITY_USER] = str(state.user_id)
+    if pipeline_source:
+        identity[IDENTITY_PIPELINE_SOURCE] = "pipeline" if decision.job else "trigger"
+    return identity
+
+
+def _credential_headers(credential: Credential) -> frozenset[str]:
+    drop = set()
+    if Source.HEADER in credential.sources:
+        drop.add(JOB_TOKEN_HEADER.lower())
+    if credential.sources & {Source.BASIC, Source.BEARER}:
+        drop.add("authorization")
+    return frozenset(drop)
+
+
+def job_json(decision: Decision) -> web.Response:
+    """`GET /api/v4/job`: the job a valid token belongs to."""
+    job = decision.job
+    assert job is not None and decision.source is not None
+    return web.json_response(
+        {
+            "id": job.id,
+            "name": job.name,
+            "status": job.status,
+            "ref": job.ref,
+            "project_id": job.project_id,
+            "pipeline": {"id": job.pipeline_id, "project_id": job.project_id, "ref": job.ref},
+            "project": {"id": decision.source.id, "path_with_namespace": decision.source.path},
+            "user": {"id": job.user_id},
+        }
+    )
+
+
+async def authorize(
+    request: web.Request, matched: RouteMatch, credential: Credential | None
+) -> Decision:
+    """Read the state the credential names and decide; StoreUnavailable fails closed."""
+    if credential is None:
+        return Decision(Reason.NO_CREDENTIAL, action=matched.route.action)
+    app = request.app
+    started = time.perf_counter()
+    state = await app[STORE].read_access(credential.token, matched.target)
+    app[METRICS].redis_seconds.observe(time.perf_counter() - started)
+    return decide(matched.route.action, state, time.time(), app[RUNTIME].config.scope)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Route, authenticate, authorize, then proxy or deny one gateway request."""
+    app, entry = request.app, request[REQUEST_LOG]
+    runtime, metrics = app[RUNTIME], app[METRICS]
+    config = runtime.config
+    try:
+        segments = split_path(request.raw_path.partition("?")[0])
+    except PathError as exc:
+        return responses.bad_request(str(exc))
+    matched = match(request.method, segments, request.query)
+    if matched is None:
+        return responses.not_found()
+    route = matched.route
+    entry.route = route.name
+    try:
+        form, body = await _trigger_form(request) if route.token_param else ({}, None)
+        credential = extract_credential(
+            request.headers, request.query, token_param=route.token_param, form=form,
+            max_length=config.max_token_length,
+        )
+    except CredentialError as exc:
+        return responses.bad_request(str(exc))
+    entry.token = credential.token if credential else None
+    try:
+        decision = await authorize(request, matched, credential)
+    except StoreUnavailable:
+        metrics.redis_errors.inc()
+        entry.reason = "store_unavailable"
+        return responses.unavailable()
+    entry.reason = decision.reason.value
+    entry.job_id = decision.job.id if decision.job else None
+    entry.source_project = decision.source.id if decision.source else None
+    entry.target_project = decision.target.id if decision.target else None
+    metrics.decisions.labels("allow" if decision.allowed else "deny", decision.reason.value).inc()
+    if not decision.allowed:
+        return responses.denial(decision, route.protocol, config.explain)
+    if route.local == "job":
+        return job_json(decision)
+
+    upstream = config.upstreams.get(route.upstream)
+    if upstream is None:
+        return responses.not_found()
+    entry.upstream = upstream.name
+    assert credential is not None
+    pass_token = upstream.pass_token
+    forward = Forward(
+        upstream=upstream,
+        path=canonical_path(segments),
+        query=request.query_string
+        if pass_token
+        else filter_query(
+            request.raw_path.partition("?")[2],
+            {JOB_TOKEN_PARAM, TOKEN_PARAM} if route.token_param else {JOB_TOKEN_PARAM},
+        ),
+        drop_headers=frozenset() if pass_token else _credential_headers(credential),
+        identity=_identity(decision, route.pipeline_source),
+        body=body,
+    )
+    transfer = Transfer()
+    started = time.perf_counter()
+    try:
+        return await forward_request(runtime.sessions[upstream.name], request, forward, transfer)
+    except UpstreamError as exc:
+        metrics.upstream_errors.labels(upstream.name, exc.kind).inc()
+        return responses.upstream_failure(exc.status)
+    except ConnectionResetError:
+        metrics.upstream_errors.labels(upstream.name, "broken").inc()
+        raise
+    finally:
+        metrics.upstream_seconds.labels(upstream.name).observe(time.perf_counter() - started)
+        metrics.bytes.labels(upstream.name, "up").inc(transfer.sent)
+        metrics.bytes.labels(upstream.name, "down").inc(transfer.received)
+        entry.bytes_in, entry.bytes_out = transfer.sent, transfer.received
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[RUNTIME].config
+    app[STORE] = Store(connect(config.redis.effective_url, config.redis.timeout),
+                       config.redis.key_prefix)
+    yield
+    await app[STORE].close()
+
+
+async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[RUNTIME].open_sessions()
+    yield
+    for session in app[RUNTIME].sessions.values():
+        await session.close()
+
+
+def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Application:
+    """The gateway application: every path goes through `handle`."""
+    app = web.Application(middlewares=[observe_middleware], client_max_size=config.max_form_body)
+    app[RUNTIME] = Runtime(config)
+    app[METRICS] = metrics or Metrics()
+    app.cleanup_ctx.extend([_store_ctx, _sessions_ctx])
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app

@@ -1,0 +1,382 @@
+"""Options as frozen dataclasses, loaded from one YAML file and validated at once.
+
+Every problem in a file is collected and reported together, each naming the file
+and the dotted key: ``config/gateway.yaml: upstreams.git.url: expected an http(s)
+URL, got 'git.local'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+#: Where `jobgate serve` starts its private redis-server when no `redis.url` is set.
+PRIVATE_REDIS_URL = "redis://127.0.0.1:6479/0"
+
+#: The upstream names the route table refers to.
+UPSTREAM_NAMES = (
+    "api",
+    "packages",
+    "container_registry",
+    "artifacts",
+    "triggers",
+    "releases",
+    "terraform",
+    "git",
+)
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A config file has one or more problems; each names the file and the key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host and port to listen on."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Certificate and key for a listener that terminates TLS."""
+
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """One upstream service that allowed requests are streamed to."""
+
+    name: str
+    url: str
+    connect_timeout: float = 5.0
+    read_timeout: float = 300.0
+    tls_verify: bool = True
+    ca_file: str | None = None
+    pass_token: bool = False
+    preserve_host: bool = False
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __repr__(self) -> str:
+        shown = {k: "[MASKED]" for k in self.headers}
+        return f"UpstreamConfig(name={self.name!r}, url={self.url!r}, headers={shown!r})"
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """How to reach the Redis that holds job state."""
+
+    url: str | None = None
+    timeout: float = 2.0
+    key_prefix: str = "{jobgate}:"
+
+    @property
+    def effective_url(self) -> str:
+        """The configured URL, or the private Redis that `serve` starts."""
+        return self.url or PRIVATE_REDIS_URL
+
+
+@dataclass(frozen=True)
+class ScopeConfig:
+    """Instance-wide switches of the job token scope."""
+
+    enforce_inbound: bool = False
+    registry_push_in_scope: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole gateway configuration."""
+
+    source: str
+    listen: Address
+    admin_listen: Address | None
+    metrics_listen: Address | None
+    redis: RedisConfig
+    upstreams: Mapping[str, UpstreamConfig]
+    scope: ScopeConfig
+    admin_token: str | None = None
+    explain: bool = False
+    tls: TLSConfig | None = None
+    max_token_length: int = 1024
+    max_form_body: int = 1 << 20
+    public_url: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Config(source={self.source!r}, listen={self.listen}, "
+            f"upstreams={sorted(self.upstreams)!r}, admin_token="
+            f"{'[MASKED]' if self.admin_token else None})"
+        )
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Reader:
+    """Reads typed values out of nested YAML mappings, recording every problem."""
+
+    def __init__(self, source: str, env: Mapping[str, str]) -> None:
+        self.source = source
+        self.env = env
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.source}: {key}: {message}")
+
+    def section(self, data: Any, key: str, known: set[str]) -> dict[str, Any]:
+        """A mapping at `key`; unknown keys inside it are problems."""
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.problem(key, f"expected a mapping, got {type(data).__name__}")
+            return {}
+        for name in data:
+            if name not in known:
+                where = f"{key}.{name}" if key else str(name)
+                self.problem(where, f"unknown key (known: {', '.join(sorted(known))})")
+        return data
+
+    def expand(self, key: str, value: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.env:
+                return self.env[name]
+            if default is not None:
+                return default
+            self.problem(key, f"environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(substitute, value)
+
+    def get(
+        self,
+        data: dict[str, Any],
+        prefix: str,
+        name: str,
+        convert: Callable[[str, Any], T | None],
+        default: T,
+    ) -> T:
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in data or data[name] is None:
+            return default
+        raw = data[name]
+        if isinstance(raw, str):
+            raw = self.expand(key, raw)
+        value = convert(key, raw)
+        return default if value is None else value
+
+    def string(self, key: str, raw: Any) -> str | None:
+        if not isinstance(raw, str):
+            self.problem(key, f"expected a string, got {type(raw).__name__}")
+            return None
+        return raw
+
+    def boolean(self, key: str, raw: Any) -> bool | None:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return raw.lower() in ("true", "yes", "on")
+        self.problem(key, f"expected true or false, got {raw!r}")
+        return None
+
+    def positive(self, key: str, raw: Any) -> float | None:
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = -1.0
+        if isinstance(raw, bool) or not value > 0:
+            self.problem(key, f"expected a positive number, got {raw!r}")
+            return None
+        return value
+
+    def count(self, key: str, raw: Any) -> int | None:
+        value = self.positive(key, raw)
+        if value is None:
+            return None
+        if value != int(value):
+            self.problem(key, f"expected a whole number, got {raw!r}")
+            return None
+        return int(value)
+
+    def address(self, key: str, raw: Any) -> Address | None:
+        text = str(raw)
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            self.problem(key, f"expected host:port, got {text!r}")
+            return None
+        return Address(host.strip("[]"), int(port))
+
+    def http_url(self, key: str, raw: Any) -> str | None:
+        text = str(raw)
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.problem(key, f"expected an http(s) URL, got {text!r}")
+            return None
+        if parts.query or parts.fragment:
+            self.problem(key, f"an upstream URL takes no query or fragment, got {text!r}")
+            return None
+        return text.rstrip("/")
+
+    def redis_url(self, key: str, raw: Any) -> str | None:
+        text = str(raw)
+        if urlsplit(text).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
+            self.problem(key, f"expected a redis://, rediss:// or unix:// URL, got {text!r}")
+            return None
+        return text
+
+    def readable_file(self, key: str, raw: Any) -> str | None:
+        text = str(raw)
+        if not Path(text).is_file():
+            self.problem(key, f"file not found: {text!r}")
+            return None
+        return text
+
+
+_TOP = {
+    "listen", "admin_listen", "metrics_listen", "redis", "upstreams", "scope",
+    "admin_token", "explain", "tls", "limits", "public_url",
+}
+_UPSTREAM = {
+    "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
+    "preserve_host", "headers",
+}
+
+
+def _upstream(r: _Reader, name: str, data: Any) -> UpstreamConfig | None:
+    key = f"upstreams.{name}"
+    if not isinstance(data, dict) or "url" not in data:
+        r.problem(key, "expected a mapping with at least `url`")
+        return None
+    d = r.section(data, key, _UPSTREAM)
+    headers: dict[str, str] = {}
+    for hname, hvalue in r.section(d.get("headers"), f"{key}.headers", set(d.get("headers") or {})).items():
+        value = r.get({hname: hvalue}, f"{key}.headers", hname, r.string, "")
+        headers[str(hname)] = value
+    url = r.get(d, key, "url", r.http_url, "")
+    if not url:
+        return None
+    return UpstreamConfig(
+        name=name,
+        url=url,
+        connect_timeout=r.get(d, key, "connect_timeout", r.positive, 5.0),
+        read_timeout=r.get(d, key, "read_timeout", r.positive, 300.0),
+        tls_verify=r.get(d, key, "tls_verify", r.boolean, True),
+        ca_file=r.get(d, key, "ca_file", r.readable_file, None),
+        pass_token=r.get(d, key, "pass_token", r.boolean, False),
+        preserve_host=r.get(d, key, "preserve_host", r.boolean, False),
+        headers=MappingProxyType(headers),
+    )
+
+
+def parse_config(
+    data: Any, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate parsed YAML into a Config, or raise ConfigError listing every problem."""
+    r = _Reader(source, os.environ if env is None else env)
+    top = r.section(data if data is not None else {}, "", _TOP)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(r.problems)
+
+    listen = r.get(top, "", "listen", r.address, None)
+    if "listen" not in top:
+        r.problem("listen", "required (e.g. 127.0.0.1:8080)")
+
+    rd = r.section(top.get("redis"), "redis", {"url", "timeout", "key_prefix"})
+    redis = RedisConfig(
+        url=r.get(rd, "redis", "url", r.redis_url, None),
+        timeout=r.get(rd, "redis", "timeout", r.positive, 2.0),
+        key_prefix=r.get(rd, "redis", "key_prefix", r.string, "{jobgate}:"),
+    )
+
+    upstreams: dict[str, UpstreamConfig] = {}
+    raw_upstreams = r.section(top.get("upstreams"), "upstreams", set(UPSTREAM_NAMES))
+    for name, value in raw_upstreams.items():
+        if name in UPSTREAM_NAMES and (upstream := _upstream(r, name, value)):
+            upstreams[name] = upstream
+    if not raw_upstreams:
+        r.problem("upstreams", f"required: at least one of {', '.join(UPSTREAM_NAMES)}")
+
+    sd = r.section(top.get("scope"), "scope", {"enforce_inbound", "registry_push_in_scope"})
+    scope = ScopeConfig(
+        enforce_inbound=r.get(sd, "scope", "enforce_inbound", r.boolean, False),
+        registry_push_in_scope=r.get(sd, "scope", "registry_push_in_scope", r.boolean, False),
+    )
+
+    tls = None
+    if top.get("tls") is not None:
+        td = r.section(top["tls"], "tls", {"cert_file", "key_file"})
+        cert = r.get(td, "tls", "cert_file", r.readable_file, None)
+        key = r.get(td, "tls", "key_file", r.readable_file, None)
+        for name in ("cert_file", "key_file"):
+            if name not in td:
+                r.problem(f"tls.{name}", "required when tls is set")
+        if cert and key:
+            tls = TLSConfig(cert, key)
+
+    ld = r.section(top.get("limits"), "limits", {"max_token_length", "max_form_body"})
+    admin_token = r.get(top, "", "admin_token", r.string, None) or r.env.get(
+        "JOBGATE_ADMIN_TOKEN"
+    )
+    admin_listen = r.get(top, "", "admin_listen", r.address, None)
+    if admin_listen and not admin_token:
+        r.problem("admin_token", "required when admin_listen is set (or set JOBGATE_ADMIN_TOKEN)")
+
+    if r.problems or listen is None:
+        raise ConfigError(r.problems)
+    return Config(
+        source=source,
+        listen=listen,
+        admin_listen=admin_listen,
+        metrics_listen=r.get(top, "", "metrics_listen", r.address, None),
+        redis=redis,
+        upstreams=MappingProxyType(upstreams),
+        scope=scope,
+        admin_token=admin_token,
+        explain=r.get(top, "", "explain", r.boolean, False),
+        tls=tls,
+        max_token_length=r.get(ld, "limits", "max_token_length", r.count, 1024),
+        max_form_body=r.get(ld, "limits", "max_form_body", r.count, 1 << 20),
+        public_url=r.get(top, "", "public_url", r.http_url, None),
+    )
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a YAML config file; ConfigError names the file and every bad key."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{source}: not UTF-8 text"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{source}: {where}{problem}"]) from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError([f"{source}: expected a mapping at the top level"])
+    return parse_config(data, source, env)

@@ -1,0 +1,115 @@
+"""Pull the job token out of a request: a pure function of its headers, query and form."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+CI_USER = "gitlab-ci-token"
+JOB_TOKEN_HEADER = "JOB-TOKEN"
+JOB_TOKEN_PARAM = "job_token"
+TOKEN_PARAM = "token"
+
+
+class Source(StrEnum):
+    """Where in a request a token was found."""
+
+    HEADER = "header"
+    JOB_TOKEN_PARAM = "job_token_param"
+    TOKEN_PARAM = "token_param"
+    FORM = "form"
+    BASIC = "basic"
+    BEARER = "bearer"
+
+
+class CredentialError(Exception):
+    """The request's credentials are malformed or ambiguous: answered with 400."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """One token and every place in the request that carried it."""
+
+    token: str
+    sources: frozenset[Source]
+
+    def __repr__(self) -> str:
+        return f"Credential(token='[MASKED]', sources={sorted(self.sources)})"
+
+
+class MultiMapping(Protocol):
+    """The read side of a multidict (aiohttp's headers and query)."""
+
+    def getall(self, key: str, default: list[str] = ...) -> list[str]: ...
+
+
+def _basic_password(value: str) -> tuple[str, str]:
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise CredentialError("malformed basic authorization") from None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise CredentialError("malformed basic authorization")
+    return user, password
+
+
+def _from_authorization(values: Iterable[str]) -> list[tuple[Source, str]]:
+    found = []
+    for value in values:
+        scheme, _, rest = value.strip().partition(" ")
+        scheme = scheme.lower()
+        if scheme == "basic":
+            user, password = _basic_password(rest)
+            if user == CI_USER:
+                found.append((Source.BASIC, password))
+        elif scheme == "bearer" and rest.strip():
+            found.append((Source.BEARER, rest.strip()))
+    return found
+
+
+def extract_credential(
+    headers: MultiMapping,
+    query: MultiMapping,
+    *,
+    token_param: bool = False,
+    form: Mapping[str, list[str]] | None = None,
+    bearer: bool = True,
+    max_length: int = 1024,
+) -> Credential | None:
+    """The single token a request carries, or None when it carries none.
+
+    `token_param` admits the trigger endpoint's `token` parameter (query or `form`);
+    `bearer` admits `Authorization: Bearer` (off where a bearer is the protocol's own
+    token, e.g. the registry's). Two different tokens are ambiguous and rejected, never
+    resolved by precedence.
+    """
+    found: list[tuple[Source, str]] = [
+        (Source.HEADER, v.strip()) for v in headers.getall(JOB_TOKEN_HEADER, [])
+    ]
+    found += [(Source.JOB_TOKEN_PARAM, v) for v in query.getall(JOB_TOKEN_PARAM, [])]
+    if token_param:
+        found += [(Source.TOKEN_PARAM, v) for v in query.getall(TOKEN_PARAM, [])]
+        found += [(Source.FORM, v) for v in (form or {}).get(TOKEN_PARAM, [])]
+    found += [
+        (source, token)
+        for source, token in _from_authorization(headers.getall("Authorization", []))
+        if bearer or source is not Source.BEARER
+    ]
+    if not found:
+        return None
+    tokens = {token for _, token in found}
+    if len(tokens) > 1:
+        raise CredentialError("the request carries more than one different token")
+    token = tokens.pop()
+    if not token:
+        raise CredentialError("empty token")
+    if len(token) > max_length:
+        raise CredentialError("token too long")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise CredentialError("malformed token")
+    return Credential(token, frozenset(source for source, _ in found))

@@ -1,0 +1,147 @@
+"""Metrics, the JSON access log and token masking."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+MASK = "[MASKED]"
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "LOCK", "UNLOCK"}
+)
+_SECRET_PARAMS = re.compile(r"(?i)((?:^|[?&;])(?:job_token|token|private_token|access_token)=)[^&#\s]*")
+_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s]*@")
+
+access_logger = logging.getLogger("jobgate.access")
+logger = logging.getLogger("jobgate")
+
+
+def mask(text: str, *tokens: str | None) -> str:
+    """`text` with every known token, secret query value and URL userinfo replaced by [MASKED]."""
+    for token in tokens:
+        if token:
+            text = text.replace(token, MASK)
+    text = _SECRET_PARAMS.sub(lambda m: m.group(1) + MASK, text)
+    return _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+
+
+def method_label(method: str) -> str:
+    """A bounded label for an HTTP method."""
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of their own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "jobgate_requests_total", "Requests by route, method and status code.",
+            ["route", "method", "code"], registry=r,
+        )
+        self.decisions = Counter(
+            "jobgate_auth_decisions_total", "Authorization decisions by result and reason.",
+            ["result", "reason"], registry=r,
+        )
+        self.request_seconds = Histogram(
+            "jobgate_request_duration_seconds", "Time to answer a request (to the last byte).",
+            ["route"], registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "jobgate_redis_duration_seconds", "Time of the Redis read behind one decision.",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.upstream_seconds = Histogram(
+            "jobgate_upstream_duration_seconds", "Time until the upstream's response headers.",
+            ["upstream"], registry=r,
+        )
+        self.in_flight = Gauge(
+            "jobgate_in_flight_requests", "Requests being served.", registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.bytes = Counter(
+            "jobgate_proxied_bytes_total", "Body bytes proxied, by upstream and direction.",
+            ["upstream", "direction"], registry=r,
+        )
+        self.upstream_errors = Counter(
+            "jobgate_upstream_errors_total", "Upstream failures by upstream and kind.",
+            ["upstream", "kind"], registry=r,
+        )
+        self.redis_errors = Counter(
+            "jobgate_redis_errors_total", "Redis reads that failed (answered 503).", registry=r
+        )
+
+
+@dataclass
+class RequestLog:
+    """What one request did, filled in as it walks the chain and written as one JSON line."""
+
+    request_id: str
+    method: str
+    path: str
+    remote: str | None
+    started: float = field(default_factory=time.perf_counter)
+    route: str = "unmatched"
+    status: int = 0
+    reason: str | None = None
+    job_id: int | None = None
+    source_project: int | None = None
+    target_project: int | None = None
+    upstream: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    token: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return f"RequestLog(request_id={self.request_id!r}, route={self.route!r})"
+
+    def line(self) -> str:
+        """The access-log line, with the token masked wherever it might appear."""
+        record: dict[str, Any] = {
+            "time": round(time.time(), 3),
+            "request_id": self.request_id,
+            "remote": self.remote,
+            "method": self.method,
+            "path": self.path,
+            "route": self.route,
+            "status": self.status,
+            "reason": self.reason,
+            "job_id": self.job_id,
+            "source_project": self.source_project,
+            "target_project": self.target_project,
+            "upstream": self.upstream,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
+        }
+        return mask(json.dumps(record, separators=(",", ":")), self.token)
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == access_logger.name:
+            return record.getMessage()
+        payload = {"time": round(record.created, 3), "level": record.levelname.lower(),
+                   "logger": record.name, "message": mask(record.getMessage())}
+        if record.exc_info and record.exc_info[0] is not None:
+            payload["error"] = record.exc_info[0].__name__
+        return json.dumps(payload, separators=(",", ":"))
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """JSON lines on stderr; exception texts and tracebacks are reduced to their type."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JSONFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

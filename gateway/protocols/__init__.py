@@ -1,0 +1,1 @@
+"""Protocol adapters (git smart HTTP, the container registry) over the same decision."""

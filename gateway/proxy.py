@@ -1,0 +1,182 @@
+"""Streaming forward to an upstream: header hygiene, identity headers, bodies both ways."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .config import UpstreamConfig
+
+#: RFC 9110 §7.6.1 connection-specific headers, never forwarded either way.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+IDENTITY_PREFIX = "x-jobgate-"
+CHUNK = 64 * 1024
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached (502) or timed out (504) before answering."""
+
+    def __init__(self, status: int, kind: str) -> None:
+        super().__init__(kind)
+        self.status = status
+        self.kind = kind
+
+
+@dataclass
+class Transfer:
+    """Byte counts of one proxied exchange, for metrics and the access log."""
+
+    sent: int = 0
+    received: int = 0
+
+
+@dataclass(frozen=True)
+class Forward:
+    """What to send upstream: where, which request headers to drop, what identity to add."""
+
+    upstream: UpstreamConfig
+    path: str
+    query: str = ""
+    drop_headers: frozenset[str] = frozenset()
+    identity: Mapping[str, str] = field(default_factory=dict)
+    body: Any = None  # a replacement body (form with the token removed); None streams
+
+
+def filter_query(raw_query: str, drop: Iterable[str]) -> str:
+    """The raw query string without the named parameters, other bytes untouched."""
+    names = set(drop)
+    if not raw_query or not names:
+        return raw_query
+    kept = [
+        pair
+        for pair in raw_query.split("&")
+        if pair and unquote_plus(pair.partition("=")[0]) not in names
+    ]
+    return "&".join(kept)
+
+
+def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
+    tokens = set()
+    for value in headers.getall("Connection", []) if hasattr(headers, "getall") else []:
+        tokens.update(t.strip().lower() for t in value.split(","))
+    return tokens
+
+
+def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]:
+    """The request headers the upstream sees."""
+    drop = HOP_BY_HOP | _connection_tokens(request.headers) | forward.drop_headers
+    drop |= {"host", "expect"}
+    if forward.body is not None:  # a rebuilt body: aiohttp sets its length (and form type)
+        drop |= {"content-length"} if isinstance(forward.body, bytes) else {
+            "content-length", "content-type"}
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in request.headers.items():
+        lower = name.lower()
+        if lower in drop or lower.startswith(IDENTITY_PREFIX) or lower.startswith("x-forwarded-"):
+            continue
+        headers.add(name, value)
+    if forward.upstream.preserve_host:
+        headers["Host"] = request.host
+    forwarded_for = request.headers.get("X-Forwarded-For")
+    remote = request.remote or ""
+    headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
+    headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
+    headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
+    for name, value in forward.identity.items():
+        headers[name] = value
+    for name, value in forward.upstream.headers.items():
+        headers[name] = value
+    return headers
+
+
+def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    """The upstream's response headers the client sees."""
+    drop = HOP_BY_HOP | _connection_tokens(upstream.headers)
+    headers: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.headers.items():
+        if name.lower() not in drop:
+            headers.add(name, value)
+    return headers
+
+
+async def forward_request(
+    session: aiohttp.ClientSession, request: web.Request, forward: Forward, transfer: Transfer
+) -> web.StreamResponse:
+    """Stream `request` to the upstream and its answer back; raises UpstreamError before answering."""
+    url = forward.upstream.url + forward.path + (f"?{forward.query}" if forward.query else "")
+    body: Any = forward.body
+    if body is None and request.body_exists:
+        body = _counted(request.content, transfer)
+    try:
+        upstream = await session.request(
+            request.method,
+            aiohttp.client.URL(url, encoded=True),
+            headers=upstream_headers(request, forward),
+            data=body,
+            allow_redirects=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+        )
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamError(504, "timeout") from None
+    except aiohttp.ClientPayloadError:
+        raise  # the client's body broke: nothing to answer
+    except (aiohttp.ClientError, OSError):
+        raise UpstreamError(502, "unreachable") from None
+    async with upstream:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(response_headers(upstream))
+        if upstream.headers.get("Content-Length") is None and request.method != "HEAD":
+            response.enable_chunked_encoding()
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                transfer.received += len(chunk)
+                await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Too late for a status: break the client's transfer so it is never a "success".
+            raise ConnectionResetError(f"upstream broke mid-response: {type(exc).__name__}") from None
+        await response.write_eof()
+    return response
+
+
+async def _counted(stream: aiohttp.StreamReader, transfer: Transfer) -> Any:
+    """Yield the request body as it arrives, counting bytes."""
+    async for chunk in stream.iter_any():
+        transfer.sent += len(chunk)
+        yield chunk
+
+
+def client_session(upstream: UpstreamConfig) -> aiohttp.ClientSession:
+    """A pooled client for one upstream with its timeouts and TLS settings."""
+    ssl: Any = None
+    if not upstream.tls_verify:
+        ssl = False
+    elif upstream.ca_file:
+        import ssl as ssl_module
+
+        ssl = ssl_module.create_default_context(cafile=upstream.ca_file)
+    connector = aiohttp.TCPConnector(limit=0, ssl=ssl, ttl_dns_cache=60)
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout
+    )
+    return aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+    )

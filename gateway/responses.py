@@ -1,0 +1,81 @@
+"""Every answer jobgate gives itself: denials, challenges and errors, per protocol.
+
+A denied client sees the same 404 whatever the rule, so a project's existence never
+leaks; explain mode (off by default) answers GitLab's 403 messages instead.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .decision import Decision, Reason
+from .routes import Protocol
+
+GIT_NOT_FOUND = (
+    "The project you were looking for could not be found or you don't have permission to view it."
+)
+REALM = "GitLab"
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """GitLab's error shape: `{"message": "<status> <text>"}`."""
+    return web.json_response({"message": message}, status=status, headers=headers)
+
+
+def not_found() -> web.Response:
+    """The uniform denial of the JSON API."""
+    return json_error(404, "404 Not Found")
+
+
+def bad_request(detail: str) -> web.Response:
+    """Malformed input; `detail` must never contain a token."""
+    return json_error(400, f"400 Bad request - {detail}")
+
+
+def unavailable() -> web.Response:
+    """Redis is unreachable: fail closed."""
+    return json_error(503, "503 Service Unavailable", {"Retry-After": "1"})
+
+
+def upstream_failure(status: int) -> web.Response:
+    """The upstream could not be reached (502) or timed out (504)."""
+    text = "502 Bad Gateway" if status == 502 else "504 Gateway Timeout"
+    return json_error(status, text)
+
+
+def explain_message(decision: Decision) -> str:
+    """GitLab's 403 wording for a denial, naming projects but never a token."""
+    source = decision.source.path if decision.source else "?"
+    target = decision.target.path if decision.target else "?"
+    reason = decision.reason
+    if reason in (Reason.OUTSIDE_SCOPE, Reason.OUTSIDE_INBOUND_SCOPE, Reason.OWN_PROJECT_ONLY):
+        return f"Authentication by CI/CD job token not allowed from {source} to {target}."
+    if reason is Reason.POLICY_MISSING and decision.action:
+        policy = decision.action.policy or "(none: this endpoint takes no fine-grained permission)"
+        return (
+            f"Insufficient permissions to access this resource in project {target}. "
+            f"The following token permission is required: {policy}."
+        )
+    if reason is Reason.INSUFFICIENT_ROLE:
+        return f"403 Forbidden - insufficient role in project {target}"
+    return f"403 Forbidden - {reason.value}"
+
+
+def denial(decision: Decision, protocol: Protocol, explain: bool = False) -> web.Response:
+    """The answer to a denied request, as the client's protocol expects it."""
+    if decision.reason is Reason.NO_CREDENTIAL and protocol is not Protocol.API:
+        return challenge(protocol)
+    if explain and decision.reason not in (Reason.NO_CREDENTIAL, Reason.UNKNOWN_TOKEN):
+        return json_error(403, explain_message(decision))
+    if protocol is Protocol.GIT:
+        return web.Response(status=404, text=GIT_NOT_FOUND)
+    return not_found()
+
+
+def challenge(protocol: Protocol) -> web.Response:
+    """401 asking the client for credentials (git and registry clients wait for it)."""
+    return web.Response(
+        status=401,
+        text="HTTP Basic: Access denied\n",
+        headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
+    )

@@ -1,0 +1,266 @@
+"""The route table: every endpoint jobgate protects, as data, and the matcher over it.
+
+A request path is first normalized into decoded segments (`split_path`), rejecting dot
+segments, double encoding, NUL bytes and empty segments, so the project matched here is
+the project the upstream sees: the upstream receives the same segments re-encoded
+canonically (`canonical_path`). A request that matches no row is answered 404 and never
+forwarded.
+
+Template syntax, one item per path segment:
+
+- `literal`      the segment must equal it (case-sensitive, after decoding)
+- `{project}`    one segment naming the target project: a numeric id or an
+                 URL-encoded full path (`group%2Fproject`)
+- `{name}`       any one segment, captured
+- `{repo+}`      one or more segments naming a project by path, longest registered
+                 path first (git repositories, container repositories)
+- `{rest*}`      zero or more trailing segments
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from urllib.parse import quote, unquote_to_bytes
+
+from .store import TargetRef, is_path_segment
+
+GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER = 10, 20, 30, 40, 50
+MAX_PATH_LENGTH = 4096
+MAX_REPO_DEPTH = 20
+_SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+
+
+class PathError(ValueError):
+    """The request path cannot be normalized safely: answered with 400."""
+
+
+class Protocol(StrEnum):
+    """How a route's denials and challenges are rendered."""
+
+    API = "api"
+    GIT = "git"
+    REGISTRY = "registry"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """What a route does to its project, and what that takes."""
+
+    name: str
+    min_level: int
+    policy: str | None
+    read: bool = False  # reads are open on public and internal projects
+    own_project_only: bool = False
+    in_scope_switch: bool = False  # `scope.registry_push_in_scope` lifts own_project_only
+    denied_to_job_tokens: bool = False
+    trigger_token: bool = False  # a pipeline trigger token may do this (own project)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One row of the table: methods + path template -> action, upstream, protocol."""
+
+    name: str
+    methods: frozenset[str]
+    template: str
+    action: Action | None  # None: no project (answered about the job itself)
+    upstream: str = "api"
+    protocol: Protocol = Protocol.API
+    token_param: bool = False
+    pipeline_source: bool = False
+    local: str | None = None  # answered by jobgate itself
+    query: tuple[tuple[str, str], ...] = ()  # required query parameters
+    segments: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(self.template.strip("/").split("/")))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """A request path matched to a route, with the target it names."""
+
+    route: Route
+    target: TargetRef
+    params: dict[str, str]
+    segments: tuple[str, ...]
+
+
+def _a(name: str, level: int, policy: str | None, **kw: bool) -> Action:
+    return Action(name, level, policy, **kw)
+
+
+READ_PACKAGE = _a("read_package", REPORTER, "read_packages", read=True)
+PUSH_PACKAGE = _a("push_package", DEVELOPER, "admin_packages")
+DELETE_PACKAGE = _a("delete_package", MAINTAINER, "admin_packages")
+DOWNLOAD_ARTIFACTS = _a("download_artifacts", REPORTER, "read_jobs", read=True)
+TRIGGER_PIPELINE = _a("trigger_pipeline", DEVELOPER, None, trigger_token=True)
+READ_RELEASE = _a("read_release", GUEST, "read_releases", read=True)
+MANAGE_RELEASE = _a("manage_release", DEVELOPER, "admin_releases")
+READ_TF_STATE = _a("read_terraform_state", DEVELOPER, "read_terraform_state")
+WRITE_TF_STATE = _a("write_terraform_state", MAINTAINER, "admin_terraform_state")
+READ_REGISTRY = _a("read_registry", REPORTER, "read_containers", read=True, own_project_only=True)
+MANAGE_REGISTRY = _a("manage_registry", MAINTAINER, "admin_containers", own_project_only=True)
+CLONE = _a("clone", REPORTER, None, read=True)
+PUSH_CODE = _a("push_code", DEVELOPER, None, denied_to_job_tokens=True)
+
+READ = frozenset({"GET", "HEAD"})
+P = "/api/v4/projects/{project}"
+
+
+def _r(name: str, methods: str, template: str, action: Action | None, **kw: object) -> Route:
+    return Route(name, frozenset(methods.split()), template, action, **kw)  # type: ignore[arg-type]
+
+
+#: The protected endpoints, in GitLab's URL layout. First match wins.
+ROUTES: tuple[Route, ...] = (
+    _r("job", "GET HEAD", "/api/v4/job", None, local="job"),
+    _r("packages_read", "GET HEAD", P + "/packages/{rest*}", READ_PACKAGE, upstream="packages"),
+    _r("packages_write", "PUT POST PATCH", P + "/packages/{rest*}", PUSH_PACKAGE, upstream="packages"),
+    _r("packages_delete", "DELETE", P + "/packages/{rest*}", DELETE_PACKAGE, upstream="packages"),
+    _r("artifacts_by_ref", "GET HEAD", P + "/jobs/artifacts/{ref}/download", DOWNLOAD_ARTIFACTS,
+       upstream="artifacts"),
+    _r("artifacts_file_by_ref", "GET HEAD", P + "/jobs/artifacts/{ref}/raw/{rest*}",
+       DOWNLOAD_ARTIFACTS, upstream="artifacts"),
+    _r("artifacts_by_job", "GET HEAD", P + "/jobs/{job_id}/artifacts/{rest*}", DOWNLOAD_ARTIFACTS,
+       upstream="artifacts"),
+    _r("trigger_pipeline", "POST", P + "/trigger/pipeline", TRIGGER_PIPELINE, upstream="triggers",
+       token_param=True, pipeline_source=True),
+    _r("trigger_pipeline_ref", "POST", P + "/ref/{ref}/trigger/pipeline", TRIGGER_PIPELINE,
+       upstream="triggers", token_param=True, pipeline_source=True),
+    _r("releases_read", "GET HEAD", P + "/releases/{rest*}", READ_RELEASE, upstream="releases"),
+    _r("releases_write", "POST PUT DELETE", P + "/releases/{rest*}", MANAGE_RELEASE,
+       upstream="releases"),
+    _r("terraform_state_read", "GET HEAD", P + "/terraform/state/{name}", READ_TF_STATE,
+       upstream="terraform"),
+    _r("terraform_state_write", "POST DELETE", P + "/terraform/state/{name}", WRITE_TF_STATE,
+       upstream="terraform"),
+    _r("terraform_state_lock", "POST DELETE LOCK UNLOCK", P + "/terraform/state/{name}/lock",
+       WRITE_TF_STATE, upstream="terraform"),
+    _r("registry_api_read", "GET HEAD", P + "/registry/{rest*}", READ_REGISTRY),
+    _r("registry_api_write", "POST PUT DELETE", P + "/registry/{rest*}", MANAGE_REGISTRY),
+    _r("git_refs", "GET HEAD", "/{repo+}/info/refs", CLONE, upstream="git", protocol=Protocol.GIT,
+       query=(("service", "git-upload-pack"),)),
+    _r("git_refs_push", "GET HEAD", "/{repo+}/info/refs", PUSH_CODE, upstream="git",
+       protocol=Protocol.GIT, query=(("service", "git-receive-pack"),)),
+    _r("git_upload_pack", "POST", "/{repo+}/git-upload-pack", CLONE, upstream="git",
+       protocol=Protocol.GIT),
+    _r("git_receive_pack", "POST", "/{repo+}/git-receive-pack", PUSH_CODE, upstream="git",
+       protocol=Protocol.GIT),
+)
+
+
+def split_path(raw_path: str) -> tuple[str, ...]:
+    """Decode a raw request path into segments, rejecting anything ambiguous.
+
+    Raises PathError for dot segments (plain or encoded), double encoding, NUL bytes,
+    invalid UTF-8, empty inner segments and overlong paths.
+    """
+    if len(raw_path) > MAX_PATH_LENGTH:
+        raise PathError("path too long")
+    if not raw_path.startswith("/"):
+        raise PathError("path must start with /")
+    raw_segments = raw_path[1:].split("/")
+    segments = []
+    for i, raw in enumerate(raw_segments):
+        try:
+            decoded = unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PathError("path is not valid UTF-8") from None
+        if "\x00" in decoded or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+            raise PathError("control character in path")
+        if decoded in (".", ".."):
+            raise PathError("dot segment in path")
+        if "%" in decoded and _looks_encoded(decoded):
+            raise PathError("double-encoded path")
+        if decoded == "" and i != len(raw_segments) - 1:
+            raise PathError("empty path segment")
+        segments.append(decoded)
+    return tuple(segments)
+
+
+def _looks_encoded(text: str) -> bool:
+    hexdigits = "0123456789abcdefABCDEF"
+    return any(
+        text[i] == "%" and text[i + 1 : i + 3] and all(c in hexdigits for c in text[i + 1 : i + 3])
+        for i in range(len(text) - 2)
+    )
+
+
+def canonical_path(segments: Sequence[str]) -> str:
+    """The path the upstream receives: each decoded segment re-encoded the one canonical way."""
+    return "/" + "/".join(quote(s, safe=_SEGMENT_SAFE) for s in segments)
+
+
+def project_ref(segment: str) -> TargetRef | None:
+    """A `{project}` segment: numeric id or full path; None when it is neither."""
+    if segment.isdigit() and segment.isascii():
+        return TargetRef(project_id=int(segment)) if len(segment) < 19 else None
+    parts = segment.split("/")
+    if len(parts) < 2 or not all(is_path_segment(p) for p in parts):
+        return None
+    return TargetRef(paths=(segment,))
+
+
+def repo_ref(segments: Sequence[str]) -> TargetRef | None:
+    """A `{repo+}` span: candidate project paths, longest first (`.git` dropped)."""
+    parts = list(segments)
+    if parts and parts[-1].endswith(".git"):
+        parts[-1] = parts[-1][:-4]
+    if not 2 <= len(parts) <= MAX_REPO_DEPTH or not all(is_path_segment(p) for p in parts):
+        return None
+    return TargetRef(paths=tuple("/".join(parts[:n]) for n in range(len(parts), 1, -1)))
+
+
+def _match_segments(
+    template: Sequence[str], segments: Sequence[str], params: dict[str, str]
+) -> TargetRef | bool | None:
+    """Match segments against a template; the TargetRef named (True when none), or False."""
+    target: TargetRef | bool | None = True
+    for i, item in enumerate(template):
+        if item == "{rest*}":
+            params["rest"] = "/".join(segments[i:])
+            return target
+        if item == "{repo+}":
+            tail = template[i + 1 :]
+            if len(segments) - i <= len(tail):
+                return False
+            split = len(segments) - len(tail)
+            if not _match_segments(tail, segments[split:], params):
+                return False
+            return repo_ref(segments[i:split]) or False
+        if i >= len(segments):
+            return False
+        segment = segments[i]
+        if item == "{project}":
+            target = project_ref(segment) or False
+            if target is False:
+                return False
+        elif item.startswith("{"):
+            params[item.strip("{}")] = segment
+        elif item != segment:
+            return False
+    return target if len(segments) == len(template) else False
+
+
+def match(
+    method: str,
+    segments: Sequence[str],
+    query: Mapping[str, str] | None = None,
+    routes: Sequence[Route] = ROUTES,
+) -> RouteMatch | None:
+    """The first route whose method, template and query match, or None (default deny)."""
+    for route in routes:
+        if method not in route.methods:
+            continue
+        if route.query and any((query or {}).get(k) != v for k, v in route.query):
+            continue
+        params: dict[str, str] = {}
+        target = _match_segments(route.segments, segments, params)
+        if target is False:
+            continue
+        ref = target if isinstance(target, TargetRef) else TargetRef()
+        return RouteMatch(route, ref, params, tuple(segments))
+    return None

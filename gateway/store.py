@@ -1,0 +1,620 @@
+"""The only module that talks to Redis: key layout, the one-round-trip read, control-plane writes.
+
+Key layout (every key starts with the configured prefix, by default ``{jobgate}:``; the
+braces are a Redis Cluster hash tag, so every key lives in one slot and the Lua
+scripts below run unchanged on a cluster):
+
+====================  ======  ==========================================================
+key                   type    content
+====================  ======  ==========================================================
+``tok:<sha256>``      string  ``j:<job id>`` for a job token, ``t:<project>:<owner>`` for
+                              a trigger token; only the SHA-256 of a token is stored
+``job:<id>``          hash    project, user, status, erased, pipeline, name, ref,
+                              expires (unix seconds), tok (the token digest)
+``prj:<id>``          hash    path, visibility, pending_delete, scope (outbound limit
+                              on), inbound (inbound limit on)
+``path:<path>``       string  project id for a lower-cased full path
+``mem:<project>``     hash    user id -> access level
+``out:<source>``      set     outbound allowlist: target project ids
+``in:<target>``       hash    inbound allowlist: ``p:<project id>`` or ``g:<group path>``
+                              -> comma-separated job token policies, ``*`` for default
+``events``            pubsub  ``job:<id>`` / ``prj:<id>`` / ``tok:<sha256>`` on every write
+                              that can turn an allow into a deny (for caches)
+====================  ======  ==========================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError, ResponseError
+
+JOB_TOKEN_PREFIX = "glcbt-"
+TRIGGER_TOKEN_PREFIX = "glptt-"
+JOB_RETENTION_SECONDS = 86400
+ACCESS_LEVELS = {0: "none", 10: "guest", 20: "reporter", 30: "developer", 40: "maintainer", 50: "owner"}
+VISIBILITIES = ("private", "internal", "public")
+EXECUTING_STATUSES = ("running", "canceling")
+FINISH_STATUSES = ("success", "failed", "canceled", "canceling")
+POLICY_RESOURCES = (
+    "containers",
+    "deployments",
+    "environments",
+    "jobs",
+    "packages",
+    "releases",
+    "secure_files",
+    "terraform_state",
+)
+POLICIES = frozenset(f"{mode}_{res}" for mode in ("read", "admin") for res in POLICY_RESOURCES)
+DEFAULT_PERMISSIONS = "*"
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached or answered an error: callers fail closed."""
+
+
+class ControlError(Exception):
+    """A control-plane write was refused; the message says why (safe to show)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def token_digest(token: str) -> str:
+    """The SHA-256 hex digest under which a token is stored."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class TokenKind(StrEnum):
+    """What a presented token turned out to be."""
+
+    UNKNOWN = "unknown"
+    JOB = "job"
+    TRIGGER = "trigger"
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectState:
+    """A project as the decision needs it."""
+
+    id: int
+    path: str
+    visibility: str
+    pending_delete: bool
+    outbound_limit: bool
+    inbound_limit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job as recorded by the orchestrator."""
+
+    id: int
+    project_id: int
+    user_id: int
+    status: str
+    erased: bool
+    expires_at: float
+    pipeline_id: int | None
+    name: str
+    ref: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEntry:
+    """The nearest inbound allowlist entry of the target that covers the source project."""
+
+    source: str  # "p:<id>" or "g:<group path>"
+    policies: frozenset[str] | None  # None: default permissions
+
+
+@dataclass(frozen=True, slots=True)
+class AccessState:
+    """Everything one decision needs, read in one Redis round trip."""
+
+    kind: TokenKind
+    job: JobState | None = None
+    trigger_project_id: int | None = None
+    trigger_owner_id: int | None = None
+    source: ProjectState | None = None
+    target: ProjectState | None = None
+    access_level: int = 0
+    in_outbound_allowlist: bool = False
+    inbound_entry: InboundEntry | None = None
+
+    @property
+    def user_id(self) -> int | None:
+        """The user the token acts as."""
+        if self.job is not None:
+            return self.job.user_id
+        return self.trigger_owner_id
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    """How a request names its target project: an id, or candidate paths longest first."""
+
+    project_id: int | None = None
+    paths: tuple[str, ...] = ()
+
+
+# One round trip: token -> job -> source project, target project (by id or longest
+# path), the user's level in the target, outbound membership, nearest inbound entry.
+_READ_ACCESS = """
+local p = KEYS[1]
+local out = {}
+local tok = redis.call('GET', p .. 'tok:' .. ARGV[1])
+if not tok then return {''} end
+local kind = string.sub(tok, 1, 1)
+local source_id, user_id
+if kind == 'j' then
+  local jid = string.sub(tok, 3)
+  local job = redis.call('HMGET', p .. 'job:' .. jid,
+    'project', 'user', 'status', 'erased', 'expires', 'pipeline', 'name', 'ref')
+  if not job[1] then return {''} end
+  out = {'j', jid, job[1], job[2], job[3], job[4], job[5], job[6] or '', job[7] or '', job[8] or ''}
+  source_id, user_id = job[1], job[2]
+else
+  local rest = string.sub(tok, 3)
+  local sep = string.find(rest, ':', 1, true)
+  source_id, user_id = string.sub(rest, 1, sep - 1), string.sub(rest, sep + 1)
+  out = {'t', source_id, user_id, '', '', '', '', '', '', ''}
+end
+local fields = {'path', 'visibility', 'pending_delete', 'scope', 'inbound'}
+local src = redis.call('HMGET', p .. 'prj:' .. source_id, unpack(fields))
+for i = 1, 5 do out[#out + 1] = src[i] or '' end
+local target_id = false
+if ARGV[2] == 'id' then
+  target_id = ARGV[3]
+elseif ARGV[2] == 'path' then
+  for i = 3, #ARGV do
+    target_id = redis.call('GET', p .. 'path:' .. ARGV[i])
+    if target_id then break end
+  end
+end
+if not target_id or redis.call('EXISTS', p .. 'prj:' .. target_id) == 0 then
+  out[#out + 1] = ''
+  return out
+end
+out[#out + 1] = target_id
+local tgt = redis.call('HMGET', p .. 'prj:' .. target_id, unpack(fields))
+for i = 1, 5 do out[#out + 1] = tgt[i] or '' end
+out[#out + 1] = redis.call('HGET', p .. 'mem:' .. target_id, user_id) or '0'
+out[#out + 1] = redis.call('SISMEMBER', p .. 'out:' .. source_id, target_id)
+local inkey = p .. 'in:' .. target_id
+local entry = 'p:' .. source_id
+local policies = redis.call('HGET', inkey, entry)
+if not policies and src[1] then
+  local path = string.lower(src[1])
+  while true do
+    local cut = string.match(path, '^(.*)/[^/]*$')
+    if not cut or cut == '' then break end
+    path = cut
+    entry = 'g:' .. path
+    policies = redis.call('HGET', inkey, entry)
+    if policies then break end
+  end
+end
+if policies then
+  out[#out + 1] = entry
+  out[#out + 1] = policies
+end
+return out
+"""
+
+_SET_PROJECT = """
+local p, id, path, vis = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local key = p .. 'prj:' .. id
+local old = redis.call('HGET', key, 'path')
+if path == '' then
+  if not old then return {err = 'project ' .. id .. ' does not exist: give --path and --visibility'} end
+  path = old
+end
+if vis == '' then
+  vis = redis.call('HGET', key, 'visibility')
+  if not vis then return {err = 'project ' .. id .. ' does not exist: give --path and --visibility'} end
+end
+local owner = redis.call('GET', p .. 'path:' .. string.lower(path))
+if owner and owner ~= id then
+  return {err = 'path ' .. path .. ' already belongs to project ' .. owner}
+end
+if old and string.lower(old) ~= string.lower(path) then
+  redis.call('DEL', p .. 'path:' .. string.lower(old))
+end
+redis.call('SET', p .. 'path:' .. string.lower(path), id)
+redis.call('HSET', key, 'path', path, 'visibility', vis)
+if not old then
+  redis.call('HSET', key, 'pending_delete', '0', 'scope', '0', 'inbound', '1')
+end
+for i = 4, #ARGV, 2 do
+  if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+end
+redis.call('PUBLISH', p .. 'events', 'prj:' .. id)
+return redis.call('HGETALL', key)
+"""
+
+_START_JOB = """
+local p, id, project, digest = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+if redis.call('EXISTS', p .. 'prj:' .. project) == 0 then
+  return {err = 'project ' .. project .. ' does not exist: register it with `admin project set`'}
+end
+local key = p .. 'job:' .. id
+if redis.call('EXISTS', key) == 1 then return {err = 'job ' .. id .. ' already exists'} end
+redis.call('HSET', key, 'project', project, 'user', ARGV[4], 'status', 'running', 'erased', '0',
+  'expires', ARGV[5], 'pipeline', ARGV[6], 'name', ARGV[7], 'ref', ARGV[8], 'tok', digest)
+redis.call('EXPIREAT', key, tonumber(ARGV[9]))
+redis.call('SET', p .. 'tok:' .. digest, 'j:' .. id, 'EXAT', tonumber(ARGV[9]))
+return 1
+"""
+
+_UPDATE_JOB = """
+local p, id = KEYS[1], ARGV[1]
+local key = p .. 'job:' .. id
+if redis.call('EXISTS', key) == 0 then return {err = 'job ' .. id .. ' does not exist'} end
+redis.call('HSET', key, ARGV[2], ARGV[3])
+redis.call('PUBLISH', p .. 'events', 'job:' .. id)
+return redis.call('HGET', key, 'status')
+"""
+
+_CREATE_TRIGGER = """
+local p = KEYS[1]
+if redis.call('EXISTS', p .. 'prj:' .. ARGV[2]) == 0 then
+  return {err = 'project ' .. ARGV[2] .. ' does not exist'}
+end
+redis.call('SET', p .. 'tok:' .. ARGV[1], 't:' .. ARGV[2] .. ':' .. ARGV[3])
+return 1
+"""
+
+_REVOKE_TRIGGER = """
+local p = KEYS[1]
+local key = p .. 'tok:' .. ARGV[1]
+local value = redis.call('GET', key)
+if not value or string.sub(value, 1, 2) ~= 't:' then return 0 end
+redis.call('DEL', key)
+redis.call('PUBLISH', p .. 'events', 'tok:' .. ARGV[1])
+return 1
+"""
+
+_REQUIRE_PROJECTS = """
+local p = KEYS[1]
+for i = 1, #ARGV do
+  if redis.call('EXISTS', p .. 'prj:' .. ARGV[i]) == 0 then
+    return {err = 'project ' .. ARGV[i] .. ' does not exist'}
+  end
+end
+return 1
+"""
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _project(values: Sequence[str], project_id: int) -> ProjectState | None:
+    path, visibility, pending, scope, inbound = values
+    if not path:
+        return None
+    return ProjectState(
+        id=project_id,
+        path=path,
+        visibility=visibility or "private",
+        pending_delete=pending == "1",
+        outbound_limit=scope == "1",
+        inbound_limit=inbound != "0",
+    )
+
+
+def parse_access(raw: Sequence[Any]) -> AccessState:
+    """Turn the script's flat reply into an AccessState."""
+    values = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+    kind = values[0]
+    if kind not in ("j", "t"):
+        return AccessState(kind=TokenKind.UNKNOWN)
+    job = trigger_project = trigger_owner = None
+    if kind == "j":
+        jid, project, user, status, erased, expires, pipeline, name, ref = values[1:10]
+        job = JobState(
+            id=_int(jid),
+            project_id=_int(project),
+            user_id=_int(user),
+            status=status,
+            erased=erased == "1",
+            expires_at=float(expires or 0),
+            pipeline_id=_int(pipeline) if pipeline else None,
+            name=name,
+            ref=ref,
+        )
+        source_id = job.project_id
+    else:
+        trigger_project, trigger_owner = _int(values[1]), _int(values[2])
+        source_id = trigger_project
+    source = _project(values[10:15], source_id)
+    common = dict(
+        job=job, trigger_project_id=trigger_project, trigger_owner_id=trigger_owner, source=source
+    )
+    token_kind = TokenKind.JOB if job else TokenKind.TRIGGER
+    if len(values) <= 15 or not values[15]:
+        return AccessState(kind=token_kind, **common)  # type: ignore[arg-type]
+    target = _project(values[16:21], _int(values[15]))
+    entry = None
+    if len(values) >= 25:
+        policies = values[24]
+        entry = InboundEntry(
+            source=values[23],
+            policies=None if policies == DEFAULT_PERMISSIONS else frozenset(policies.split(",")),
+        )
+    return AccessState(
+        kind=token_kind,
+        target=target,
+        access_level=_int(values[21]),
+        in_outbound_allowlist=values[22] == "1",
+        inbound_entry=entry,
+        **common,  # type: ignore[arg-type]
+    )
+
+
+def connect(url: str, timeout: float) -> aioredis.Redis | RedisCluster:
+    """A Redis client for a plain URL, or a cluster client for `redis+cluster://`."""
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+    }
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+    return aioredis.from_url(url, **options)
+
+
+def _onoff(value: bool | None) -> str:
+    return "" if value is None else ("1" if value else "0")
+
+
+class Store:
+    """Job state, projects and scope in Redis: the one-round-trip read and every write."""
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str = "{jobgate}:") -> None:
+        self.client = client
+        self.prefix = prefix
+        register = client.register_script
+        self._read_access = register(_READ_ACCESS)
+        self._set_project = register(_SET_PROJECT)
+        self._start_job = register(_START_JOB)
+        self._update_job = register(_UPDATE_JOB)
+        self._create_trigger = register(_CREATE_TRIGGER)
+        self._revoke_trigger = register(_REVOKE_TRIGGER)
+        self._require_projects = register(_REQUIRE_PROJECTS)
+
+    @property
+    def events_channel(self) -> str:
+        """The pub/sub channel that announces writes which may revoke access."""
+        return self.prefix + "events"
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def _call(self, script: Any, args: Sequence[Any]) -> Any:
+        try:
+            return await script(keys=[self.prefix], args=list(args))
+        except ResponseError as exc:
+            message = str(exc).split("script:", 1)[-1].split(" script:")[0].strip()
+            raise ControlError(message) from None
+        except RedisError as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        except OSError as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    async def ping(self) -> bool:
+        """True when Redis answers."""
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    # -- the hot path ---------------------------------------------------------
+
+    async def read_access(self, token: str, target: TargetRef) -> AccessState:
+        """Everything a decision needs about a token and a target project, in one round trip."""
+        if target.project_id is not None:
+            args: list[Any] = [token_digest(token), "id", target.project_id]
+        elif target.paths:
+            args = [token_digest(token), "path", *(p.lower() for p in target.paths)]
+        else:
+            args = [token_digest(token), "none"]
+        return parse_access(await self._call(self._read_access, args))
+
+    # -- control plane --------------------------------------------------------
+
+    async def set_project(
+        self,
+        project_id: int,
+        path: str | None = None,
+        visibility: str | None = None,
+        scope: bool | None = None,
+        inbound: bool | None = None,
+        pending_delete: bool | None = None,
+    ) -> dict[str, str]:
+        """Create or update a project; path and visibility are required when creating."""
+        if visibility is not None and visibility not in VISIBILITIES:
+            raise ControlError(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        if path is not None:
+            validate_project_path(path)
+        raw = await self._call(
+            self._set_project,
+            [
+                project_id, path or "", visibility or "",
+                "scope", _onoff(scope), "inbound", _onoff(inbound),
+                "pending_delete", _onoff(pending_delete),
+            ],
+        )
+        it = iter(v.decode() if isinstance(v, bytes) else v for v in raw)
+        return dict(zip(it, it, strict=True))
+
+    async def set_member(self, project_id: int, user_id: int, access_level: int) -> None:
+        """Give a user an access level in a project; 0 removes the membership."""
+        if access_level not in ACCESS_LEVELS:
+            raise ControlError(
+                f"access level must be one of {', '.join(map(str, ACCESS_LEVELS))}, "
+                f"got {access_level}"
+            )
+        await self._call(self._require_projects, [project_id])
+        key = f"{self.prefix}mem:{project_id}"
+        try:
+            if access_level:
+                await self.client.hset(key, str(user_id), str(access_level))
+            else:
+                await self.client.hdel(key, str(user_id))
+                await self.client.publish(self.events_channel, f"prj:{project_id}")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    async def set_outbound(self, source_id: int, target_id: int, present: bool) -> None:
+        """Add or remove TARGET on SOURCE's outbound allowlist."""
+        await self._call(self._require_projects, [source_id, target_id])
+        key = f"{self.prefix}out:{source_id}"
+        try:
+            if present:
+                await self.client.sadd(key, str(target_id))
+            else:
+                await self.client.srem(key, str(target_id))
+                await self.client.publish(self.events_channel, f"prj:{source_id}")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    async def set_inbound(
+        self, target_id: int, source: str, present: bool, policies: Sequence[str] | None = None
+    ) -> str:
+        """Add or remove SOURCE (project id or group path) on TARGET's inbound allowlist."""
+        entry = inbound_entry_key(source)
+        required = [target_id] + ([int(entry[2:])] if entry.startswith("p:") else [])
+        await self._call(self._require_projects, required)
+        key = f"{self.prefix}in:{target_id}"
+        try:
+            if present:
+                value = DEFAULT_PERMISSIONS if policies is None else ",".join(
+                    sorted(validate_policies(policies))
+                )
+                await self.client.hset(key, entry, value)
+            else:
+                await self.client.hdel(key, entry)
+            await self.client.publish(self.events_channel, f"prj:{target_id}")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        return entry
+
+    async def start_job(
+        self,
+        job_id: int,
+        project_id: int,
+        user_id: int,
+        pipeline_id: int | None = None,
+        name: str = "",
+        ref: str = "",
+        timeout: float = 3600,
+        now: float | None = None,
+    ) -> str:
+        """Record a running job and return its new token (only its digest is stored)."""
+        if timeout <= 0:
+            raise ControlError("timeout must be a positive number of seconds")
+        now = time.time() if now is None else now
+        token = JOB_TOKEN_PREFIX + secrets.token_urlsafe(30)
+        expires = now + timeout
+        await self._call(
+            self._start_job,
+            [
+                job_id, project_id, token_digest(token), user_id, f"{expires:.3f}",
+                "" if pipeline_id is None else pipeline_id, name, ref,
+                int(expires) + JOB_RETENTION_SECONDS,
+            ],
+        )
+        return token
+
+    async def finish_job(self, job_id: int, status: str = "success") -> str:
+        """Set a job's final status; a non-executing status revokes its token at once."""
+        if status not in FINISH_STATUSES:
+            raise ControlError(f"status must be one of {', '.join(FINISH_STATUSES)}")
+        result = await self._call(self._update_job, [job_id, "status", status])
+        return str(result.decode() if isinstance(result, bytes) else result)
+
+    async def erase_job(self, job_id: int) -> None:
+        """Mark a job erased, which revokes its token."""
+        await self._call(self._update_job, [job_id, "erased", "1"])
+
+    async def get_job(self, job_id: int) -> dict[str, str] | None:
+        """A job's recorded fields, for the admin API."""
+        try:
+            raw = await self.client.hgetall(f"{self.prefix}job:{job_id}")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        if not raw:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields.pop("tok", None)
+        return fields
+
+    async def create_trigger(self, project_id: int, owner_id: int) -> str:
+        """Create a pipeline trigger token for a project, acting as its owner."""
+        token = TRIGGER_TOKEN_PREFIX + secrets.token_urlsafe(30)
+        await self._call(self._create_trigger, [token_digest(token), project_id, owner_id])
+        return token
+
+    async def revoke_trigger(self, token: str) -> bool:
+        """Revoke a trigger token; False when no such trigger token exists."""
+        return bool(await self._call(self._revoke_trigger, [token_digest(token)]))
+
+
+def validate_project_path(path: str) -> str:
+    """A full project path: segments of letters, digits, '_', '-', '.', at least two deep."""
+    segments = path.split("/")
+    if len(segments) < 2 or len(path) > 1024:
+        raise ControlError(f"project path must look like group/name, got {path!r}")
+    for segment in segments:
+        if not is_path_segment(segment):
+            raise ControlError(f"invalid project path segment {segment!r} in {path!r}")
+    return path
+
+
+def is_path_segment(segment: str) -> bool:
+    """GitLab's namespace/project path rule, simplified: [A-Za-z0-9_.-], not dots only."""
+    return (
+        0 < len(segment) <= 255
+        and segment.strip(".") != ""
+        and all(c.isascii() and (c.isalnum() or c in "_.-") for c in segment)
+        and not segment.endswith((".git", ".atom"))
+    )
+
+
+def inbound_entry_key(source: str) -> str:
+    """`p:<id>` for a project id, `g:<path>` for a group path."""
+    if source.isdigit():
+        return f"p:{int(source)}"
+    segments = source.strip("/").split("/")
+    if not all(is_path_segment(s) for s in segments):
+        raise ControlError(f"inbound source must be a project id or a group path, got {source!r}")
+    return "g:" + "/".join(segments).lower()
+
+
+def validate_policies(policies: Sequence[str]) -> set[str]:
+    """Job token policy names, each checked against the known set."""
+    names = {p.strip() for p in policies if p.strip()}
+    unknown = sorted(names - POLICIES)
+    if unknown:
+        raise ControlError(
+            f"unknown job token policy {', '.join(unknown)} (known: {', '.join(sorted(POLICIES))})"
+        )
+    if not names:
+        raise ControlError("give at least one policy, or leave --policies out for defaults")
+    return names
