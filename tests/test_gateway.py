@@ -59,9 +59,7 @@ async def test_two_different_tokens_are_rejected_as_ambiguous(
     gateway: Any, upstream: RecordingUpstream, world: World
 ) -> None:
     other = await world.job(101, 1, 7)
-    resp = await gateway.get(
-        PKG + f"?job_token={other}", headers={"JOB-TOKEN": world.tokens["100"]}
-    )
+    resp = await gateway.get(PKG + f"?job_token={other}", headers={"JOB-TOKEN": world.tokens["100"]})
     assert resp.status == 400
     assert "more than one" in (await resp.json())["message"]
     assert upstream.requests == []
@@ -172,7 +170,9 @@ async def test_job_endpoint_is_answered_by_jobgate(
     assert job["project_id"] == 1 and job["user"] == {"id": 7}
     assert upstream.requests == []
     await world.store.finish_job(100)
-    await assert_denied(await gateway.get("/api/v4/job", headers={"JOB-TOKEN": world.tokens["100"]}), upstream)
+    await assert_denied(
+        await gateway.get("/api/v4/job", headers={"JOB-TOKEN": world.tokens["100"]}), upstream
+    )
 
 
 # -- triggers ---------------------------------------------------------------------------
@@ -206,7 +206,9 @@ async def test_trigger_with_trigger_token_in_urlencoded_form(
     assert "x-jobgate-job-id" not in upstream.last.headers
 
 
-async def test_trigger_token_in_query_and_json(gateway: Any, upstream: RecordingUpstream, world: World) -> None:
+async def test_trigger_token_in_query_and_json(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
     trigger = await world.store.create_trigger(1, 7)
     resp = await gateway.post(TRIGGER + f"?token={trigger}&ref=main")
     assert resp.status == 200
@@ -223,7 +225,9 @@ async def test_trigger_token_cannot_read_packages(
     await assert_denied(await gateway.get(PKG, headers={"JOB-TOKEN": trigger}), upstream)
 
 
-async def test_revoked_trigger_token_is_denied(gateway: Any, upstream: RecordingUpstream, world: World) -> None:
+async def test_revoked_trigger_token_is_denied(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
     trigger = await world.store.create_trigger(1, 7)
     assert await world.store.revoke_trigger(trigger)
     await assert_denied(await gateway.post(TRIGGER, data={"token": trigger, "ref": "main"}), upstream)

@@ -1,0 +1,56 @@
+# jobgate: `make test` installs everything into .venv (and the system packages the
+# tests drive, through apt-get when root) and runs the whole suite; `make run` serves
+# config/gateway.yaml with a private redis-server.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/gateway.yaml
+STAMP := $(VENV)/.installed
+
+# command:debian-package pairs the tests need on the machine.
+APT_NEEDS := redis-server:redis-server redis-cli:redis-tools git:git curl:curl
+
+.PHONY: all install system-deps test lint run check clean
+
+all: test
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "jobgate needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,speed]'
+	touch $@
+
+system-deps:
+	@missing=""; \
+	for pair in $(APT_NEEDS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else \
+	    echo "missing system packages; run: sudo apt-get install -y$$missing" >&2; exit 1; \
+	  fi; \
+	fi
+
+install: $(STAMP) system-deps
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+check: install
+	$(BIN)/jobgate check --config $(CONFIG)
+
+run: install
+	$(BIN)/jobgate serve --config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
