@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed
 
 # command:debian-package pairs the tests need on the machine.
 APT_NEEDS := redis-server:redis-server redis-cli:redis-tools git:git curl:curl
+# Each mk/*.mk fragment may add to APT_NEEDS and INSTALL_TARGETS (extra install steps).
+INSTALL_TARGETS :=
+-include $(sort $(wildcard mk/*.mk))
 
 .PHONY: all install system-deps test lint run check clean
 
@@ -37,7 +40,7 @@ system-deps:
 	  fi; \
 	fi
 
-install: $(STAMP) system-deps
+install: $(STAMP) system-deps $(INSTALL_TARGETS)
 
 test: install
 	$(BIN)/ruff check .
