@@ -1,0 +1,111 @@
+"""Config loading: every problem at once, each naming the file and the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "gateway.yaml"
+
+
+def test_example_config_loads() -> None:
+    config = load_config(EXAMPLE, env={})
+    assert str(config.listen) == "127.0.0.1:8080"
+    assert config.redis.url is None and config.redis.effective_url == "redis://127.0.0.1:6479/0"
+    assert config.admin_token == "dev-admin-token"
+    assert set(config.upstreams) == {
+        "api", "packages", "container_registry", "artifacts", "triggers", "releases", "terraform", "git",
+    }  # fmt: skip
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gw.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+listen: nowhere
+listn: 127.0.0.1:1
+redis: {url: http://x, timeout: -1}
+upstreams:
+  git: {url: git.local}
+  packages: {url: http://127.0.0.1:1, read_timeout: soon, colour: blue}
+  mystery: {url: http://127.0.0.1:2}
+scope: {enforce_inbound: maybe}
+admin_listen: 127.0.0.1:8081
+""",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    problems = "\n".join(caught.value.problems)
+    for expected in [
+        f"{path}: listen: expected host:port, got 'nowhere'",
+        f"{path}: listn: unknown key",
+        f"{path}: redis.url: expected a redis://",
+        f"{path}: redis.timeout: expected a positive number, got -1",
+        f"{path}: upstreams.git.url: expected an http(s) URL, got 'git.local'",
+        f"{path}: upstreams.packages.read_timeout: expected a positive number, got 'soon'",
+        f"{path}: upstreams.packages.colour: unknown key",
+        f"{path}: upstreams.mystery: unknown key",
+        f"{path}: scope.enforce_inbound: expected true or false, got 'maybe'",
+        f"{path}: admin_token: required when admin_listen is set",
+    ]:
+        assert expected in problems
+    assert len(caught.value.problems) == 10
+
+
+def test_environment_variables_fill_secrets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "listen: 127.0.0.1:8080\nadmin_token: ${ADMIN}\n"
+        "upstreams: {git: {url: 'http://127.0.0.1:1', headers: {Authorization: 'Basic ${CRED}'}}}\n",
+    )
+    config = load_config(path, env={"ADMIN": "s3cret", "CRED": "eDp5"})
+    assert config.admin_token == "s3cret"
+    assert config.upstreams["git"].headers["Authorization"] == "Basic eDp5"
+    assert "s3cret" not in repr(config) and "eDp5" not in repr(config.upstreams["git"])
+    with pytest.raises(ConfigError, match="admin_token: environment variable ADMIN is not set"):
+        load_config(path, env={"CRED": "x"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("listen: [unclosed", "line 1"),
+        ("- a\n- b\n", "expected a mapping at the top level"),
+        ("upstreams: {}\n", "listen: required"),
+        ("listen: 127.0.0.1:1\n", "upstreams: required"),
+    ],
+)
+def test_malformed_files(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_missing_file() -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config("/nonexistent/gw.yaml")
+
+
+def test_check_command_reports_and_exits_nonzero(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen: x\nupstreams: {git: {url: nope}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"{path}: listen: expected host:port" in result.stderr
+    assert f"{path}: upstreams.git.url: expected an http(s) URL" in result.stderr
+    assert "Traceback" not in result.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(EXAMPLE)], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "ok" in ok.stdout

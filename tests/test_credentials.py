@@ -1,0 +1,87 @@
+"""extract_credential: every source, ambiguity, malformed input."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from multidict import CIMultiDict, MultiDict
+
+from gateway.credentials import CredentialError, Source, extract_credential
+
+
+def extract(headers: dict[str, str] | list[tuple[str, str]] = (), query: str = "", **kw: object):  # type: ignore[assignment,no-untyped-def]
+    from urllib.parse import parse_qsl
+
+    return extract_credential(
+        CIMultiDict(headers),
+        MultiDict(parse_qsl(query, keep_blank_values=True)),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "kw", "source"),
+    [
+        ({"JOB-TOKEN": "glcbt-a"}, "", {}, Source.HEADER),
+        ({"job-token": "glcbt-a"}, "", {}, Source.HEADER),
+        ({}, "job_token=glcbt-a", {}, Source.JOB_TOKEN_PARAM),
+        ({}, "token=glcbt-a", {"token_param": True}, Source.TOKEN_PARAM),
+        ({}, "", {"token_param": True, "form": {"token": ["glcbt-a"]}}, Source.FORM),
+        ({"Authorization": basic("gitlab-ci-token", "glcbt-a")}, "", {}, Source.BASIC),
+        ({"Authorization": "Bearer glcbt-a"}, "", {}, Source.BEARER),
+        ({"Authorization": "bearer glcbt-a"}, "", {}, Source.BEARER),
+    ],
+)
+def test_each_source(headers: dict[str, str], query: str, kw: dict[str, object], source: Source) -> None:
+    credential = extract(headers, query, **kw)
+    assert credential is not None and credential.token == "glcbt-a"
+    assert credential.sources == {source}
+    assert "glcbt-a" not in repr(credential)
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "kw"),
+    [
+        ({}, "", {}),
+        ({}, "token=glcbt-a", {}),  # `token` counts only on the trigger endpoint
+        ({"Authorization": basic("alice", "glcbt-a")}, "", {}),
+        ({"Authorization": "Bearer glcbt-a"}, "", {"bearer": False}),
+        ({"Authorization": "Digest x"}, "", {}),
+    ],
+)
+def test_no_job_token_credential(headers: dict[str, str], query: str, kw: dict[str, object]) -> None:
+    assert extract(headers, query, **kw) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "query", "message"),
+    [
+        ({"JOB-TOKEN": "glcbt-a"}, "job_token=glcbt-b", "more than one"),
+        ({}, "job_token=glcbt-a&job_token=glcbt-b", "more than one"),
+        ([("JOB-TOKEN", "glcbt-a"), ("JOB-TOKEN", "glcbt-b")], "", "more than one"),
+        ({"Authorization": basic("gitlab-ci-token", "glcbt-b"), "JOB-TOKEN": "glcbt-a"}, "", "more than one"),
+        ({"Authorization": "Basic %%%"}, "", "malformed basic"),
+        ({"Authorization": "Basic " + base64.b64encode(b"nocolon").decode()}, "", "malformed basic"),
+        ({"Authorization": "Basic " + base64.b64encode(b"gitlab-ci-token:\xff").decode()}, "", "malformed"),
+        ({"JOB-TOKEN": "x" * 2000}, "", "too long"),
+        ({}, "job_token=", "empty token"),
+        ({}, "job_token=a%00b", "malformed token"),
+        ({}, "job_token=caf%C3%A9", "malformed token"),
+    ],
+)
+def test_rejected(headers: object, query: str, message: str) -> None:
+    with pytest.raises(CredentialError, match=message):
+        extract(headers, query)  # type: ignore[arg-type]
+
+
+def test_same_token_in_several_places_is_one_credential() -> None:
+    credential = extract(
+        {"JOB-TOKEN": "glcbt-a", "Authorization": basic("gitlab-ci-token", "glcbt-a")}, "job_token=glcbt-a"
+    )
+    assert credential is not None
+    assert credential.sources == {Source.HEADER, Source.BASIC, Source.JOB_TOKEN_PARAM}

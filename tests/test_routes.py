@@ -1,0 +1,96 @@
+"""Path normalization and the route table."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.routes import ROUTES, PathError, canonical_path, match, split_path
+from gateway.store import TargetRef
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route", "target"),
+    [
+        ("GET", "/api/v4/projects/5/packages/generic/a/1/f.bin", "packages_read", TargetRef(5)),
+        ("HEAD", "/api/v4/projects/5/packages", "packages_read", TargetRef(5)),
+        ("PUT", "/api/v4/projects/5/packages/generic/a/1/f.bin", "packages_write", TargetRef(5)),
+        ("DELETE", "/api/v4/projects/5/packages/9", "packages_delete", TargetRef(5)),
+        ("GET", "/api/v4/projects/g%2Fsub%2Fp/packages/pypi/simple/x", "packages_read",
+         TargetRef(paths=("g/sub/p",))),
+        ("GET", "/api/v4/projects/5/jobs/artifacts/main/download", "artifacts_by_ref", TargetRef(5)),
+        ("GET", "/api/v4/projects/5/jobs/artifacts/feature%2Fx/raw/out/a.txt",
+         "artifacts_file_by_ref", TargetRef(5)),
+        ("GET", "/api/v4/projects/5/jobs/77/artifacts", "artifacts_by_job", TargetRef(5)),
+        ("GET", "/api/v4/projects/5/jobs/77/artifacts/dist/app.tar", "artifacts_by_job", TargetRef(5)),
+        ("POST", "/api/v4/projects/5/trigger/pipeline", "trigger_pipeline", TargetRef(5)),
+        ("POST", "/api/v4/projects/5/ref/main/trigger/pipeline", "trigger_pipeline_ref", TargetRef(5)),
+        ("GET", "/api/v4/projects/5/releases", "releases_read", TargetRef(5)),
+        ("GET", "/api/v4/projects/5/releases/v1.0/assets/links", "releases_read", TargetRef(5)),
+        ("POST", "/api/v4/projects/5/releases/v1.0/assets/links", "releases_write", TargetRef(5)),
+        ("GET", "/api/v4/projects/5/terraform/state/prod", "terraform_state_read", TargetRef(5)),
+        ("POST", "/api/v4/projects/5/terraform/state/prod", "terraform_state_write", TargetRef(5)),
+        ("LOCK", "/api/v4/projects/5/terraform/state/prod/lock", "terraform_state_lock", TargetRef(5)),
+        ("DELETE", "/api/v4/projects/5/terraform/state/prod/lock", "terraform_state_lock",
+         TargetRef(5)),
+        ("GET", "/api/v4/projects/5/registry/repositories", "registry_api_read", TargetRef(5)),
+        ("GET", "/api/v4/job", "job", TargetRef()),
+        ("POST", "/g/sub/p.git/git-upload-pack", "git_upload_pack",
+         TargetRef(paths=("g/sub/p", "g/sub"))),
+        ("POST", "/g/p/git-receive-pack", "git_receive_pack", TargetRef(paths=("g/p",))),
+    ],
+)  # fmt: skip
+def test_route_table(method: str, path: str, route: str, target: TargetRef) -> None:
+    matched = match(method, split_path(path))
+    assert matched is not None
+    assert matched.route.name == route
+    assert matched.target == target
+
+
+def test_git_refs_needs_its_service() -> None:
+    segments = split_path("/g/p.git/info/refs")
+    assert match("GET", segments, {"service": "git-upload-pack"}).route.name == "git_refs"  # type: ignore[union-attr]
+    assert match("GET", segments, {"service": "git-receive-pack"}).route.name == "git_refs_push"  # type: ignore[union-attr]
+    assert match("GET", segments, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v4/projects/5/variables"),
+        ("GET", "/api/v4/projects/5"),
+        ("GET", "/api/v4/Projects/5/packages/x"),
+        ("PATCH", "/api/v4/projects/5/releases/v1"),
+        ("GET", "/api/v4/projects/5;x=1/packages/x"),
+        ("GET", "/api/v4/projects/notapath/packages/x"),
+        ("GET", "/api/v4/projects/99999999999999999999/packages/x"),
+        ("POST", "/api/v4/projects/5/trigger/pipeline/extra"),
+        ("GET", "/api/v4/job/"),
+        ("GET", "/single/info/refs"),
+    ],
+)
+def test_unlisted_paths_match_nothing(method: str, path: str) -> None:
+    assert match(method, split_path(path), {"service": "git-upload-pack"}) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["/a/../b", "/a/./b", "/a/%2e%2E/b", "/a/%2E/b", "/a/%252F/b", "/a//b", "/a/%00", "/a/%0a",
+     "/a/%ff", "a/b", "/" + "x" * 5000],
+)  # fmt: skip
+def test_ambiguous_paths_are_rejected(raw: str) -> None:
+    with pytest.raises(PathError):
+        split_path(raw)
+
+
+def test_canonical_path_is_what_was_matched() -> None:
+    segments = split_path("/api/v4/projects/g%2fp/packages/npm/@scope%2Fpkg/-/pkg-1.0.tgz")
+    assert segments[3] == "g/p"
+    assert canonical_path(segments) == "/api/v4/projects/g%2Fp/packages/npm/@scope%2Fpkg/-/pkg-1.0.tgz"
+    assert canonical_path(split_path("/api/v4/pro%6aects/1")) == "/api/v4/projects/1"
+
+
+def test_every_route_names_a_known_upstream() -> None:
+    from gateway.config import UPSTREAM_NAMES
+
+    assert {r.upstream for r in ROUTES} <= set(UPSTREAM_NAMES)
+    assert len({r.name for r in ROUTES}) == len(ROUTES)

@@ -1,0 +1,115 @@
+"""store.Store against a real redis-server: the one-round-trip read and control-plane writes."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.store import ControlError, Store, TargetRef, TokenKind
+
+
+async def test_read_access_resolves_job_source_target_level_and_scope(store: Store) -> None:
+    await store.set_project(1, "group/sub/app", "private", scope=True)
+    await store.set_project(2, "other/lib", "private")
+    await store.set_member(2, 7, 20)
+    await store.set_outbound(1, 2, True)
+    await store.set_inbound(2, "group", True)
+    token = await store.start_job(100, 1, 7, pipeline_id=5, name="build", ref="main")
+
+    state = await store.read_access(token, TargetRef(project_id=2))
+    assert state.kind is TokenKind.JOB
+    assert state.job is not None and state.job.id == 100 and state.job.status == "running"
+    assert state.source is not None and state.source.path == "group/sub/app"
+    assert state.source.outbound_limit and state.source.inbound_limit
+    assert state.target is not None and state.target.id == 2
+    assert state.access_level == 20 and state.in_outbound_allowlist
+    assert state.inbound_entry is not None and state.inbound_entry.source == "g:group"
+    assert state.inbound_entry.policies is None
+
+
+async def test_nearest_inbound_entry_wins(store: Store) -> None:
+    await store.set_project(1, "a/b/c/app", "private")
+    await store.set_project(2, "x/lib", "private")
+    await store.set_inbound(2, "a", True, ["read_packages"])
+    await store.set_inbound(2, "a/b", True, ["read_releases"])
+    token = await store.start_job(100, 1, 7)
+    entry = (await store.read_access(token, TargetRef(project_id=2))).inbound_entry
+    assert entry is not None and entry.source == "g:a/b" and entry.policies == {"read_releases"}
+    await store.set_inbound(2, "1", True, ["admin_jobs"])
+    entry = (await store.read_access(token, TargetRef(project_id=2))).inbound_entry
+    assert entry is not None and entry.source == "p:1" and entry.policies == {"admin_jobs"}
+
+
+async def test_longest_registered_path_wins(store: Store) -> None:
+    await store.set_project(1, "group/app", "private")
+    await store.set_project(2, "group/app/image", "private")
+    token = await store.start_job(100, 1, 7)
+    paths = ("group/app/image/sub", "group/app/image", "group/app")
+    assert (await store.read_access(token, TargetRef(paths=paths))).target.id == 2  # type: ignore[union-attr]
+    paths = ("group/app/other", "group/app")
+    assert (await store.read_access(token, TargetRef(paths=paths))).target.id == 1  # type: ignore[union-attr]
+    assert (await store.read_access(token, TargetRef(paths=("GROUP/App",)))).target.id == 1  # type: ignore[union-attr]
+
+
+async def test_unknown_token_and_unknown_target(store: Store) -> None:
+    assert (await store.read_access("glcbt-x", TargetRef(project_id=1))).kind is TokenKind.UNKNOWN
+    await store.set_project(1, "group/app", "private")
+    token = await store.start_job(100, 1, 7)
+    state = await store.read_access(token, TargetRef(project_id=99))
+    assert state.kind is TokenKind.JOB and state.target is None
+
+
+async def test_project_path_rename_moves_the_index(store: Store) -> None:
+    await store.set_project(1, "group/app", "private")
+    await store.set_project(1, "group/renamed")
+    token = await store.start_job(100, 1, 7)
+    assert (await store.read_access(token, TargetRef(paths=("group/app",)))).target is None
+    assert (await store.read_access(token, TargetRef(paths=("group/renamed",)))).target is not None
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s: s.set_project(2), "does not exist: give --path and --visibility"),
+        (lambda s: s.set_project(1, "noslash", "private"), "must look like group/name"),
+        (lambda s: s.set_project(1, "a/../b", "private"), "invalid project path segment"),
+        (lambda s: s.set_project(1, "a/b", "secret"), "visibility must be one of"),
+        (lambda s: s.set_member(1, 7, 25), "access level must be one of"),
+        (lambda s: s.set_member(42, 7, 30), "project 42 does not exist"),
+        (lambda s: s.start_job(1, 42, 7), "project 42 does not exist"),
+        (lambda s: s.start_job(1, 1, 7, timeout=0), "timeout must be a positive"),
+        (lambda s: s.finish_job(12345), "job 12345 does not exist"),
+        (lambda s: s.finish_job(1, "exploded"), "status must be one of"),
+        (lambda s: s.set_inbound(1, "bad path!", True), "project id or a group path"),
+        (lambda s: s.set_inbound(1, "group", True, ["read_everything"]), "unknown job token policy"),
+        (lambda s: s.create_trigger(42, 7), "project 42 does not exist"),
+    ],
+)
+async def test_control_plane_refuses_bad_writes_clearly(store: Store, call: object, message: str) -> None:
+    await store.set_project(1, "group/app", "private")
+    with pytest.raises(ControlError, match=message.replace("(", r"\(")):
+        await call(store)  # type: ignore[operator]
+
+
+async def test_path_collision_is_refused(store: Store) -> None:
+    await store.set_project(1, "group/app", "private")
+    with pytest.raises(ControlError, match="already belongs to project 1"):
+        await store.set_project(2, "Group/App", "private")
+
+
+async def test_duplicate_job_is_refused(store: Store) -> None:
+    await store.set_project(1, "group/app", "private")
+    await store.start_job(100, 1, 7)
+    with pytest.raises(ControlError, match="job 100 already exists"):
+        await store.start_job(100, 1, 7)
+
+
+async def test_revoking_writes_are_published(store: Store) -> None:
+    await store.set_project(1, "group/app", "private")
+    await store.start_job(100, 1, 7)
+    pubsub = store.client.pubsub()
+    await pubsub.subscribe(store.events_channel)
+    await pubsub.get_message(timeout=1)
+    await store.finish_job(100)
+    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+    assert message is not None and message["data"] == b"job:100"
+    await pubsub.aclose()
