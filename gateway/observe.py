@@ -16,8 +16,10 @@ MASK = "[MASKED]"
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "LOCK", "UNLOCK"}
 )
-_SECRET_PARAMS = re.compile(r"(?i)((?:^|[?&;])(?:job_token|token|private_token|access_token)=)[^&#\s]*")
-_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s]*@")
+_SECRET_PARAMS = re.compile(
+    r"(?i)((?:^|[?&;])(?:job_token|token|private_token|access_token)=)[^&#\s\"\\]*"
+)
+_USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s\"\\]*@")
 
 access_logger = logging.getLogger("jobgate.access")
 logger = logging.getLogger("jobgate")

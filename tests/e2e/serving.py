@@ -1,0 +1,140 @@
+"""Real processes for end-to-end tests: `jobgate serve` and a bulk upstream."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import yaml
+
+from gateway.devredis import free_port
+
+HERE = Path(__file__).parent
+
+
+def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    """Poll `url` until it answers; fail with the process's log when it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+class JobgateProcess:
+    """`jobgate serve` in a subprocess on free ports, with its stderr captured to a file."""
+
+    def __init__(self, directory: Path, redis_url: str, upstreams: dict[str, str], **extra: Any) -> None:
+        self.directory = directory
+        self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.config = {
+            "listen": f"127.0.0.1:{self.port}",
+            "admin_listen": f"127.0.0.1:{self.admin_port}",
+            "metrics_listen": f"127.0.0.1:{self.metrics_port}",
+            "admin_token": "e2e-admin-token",
+            "redis": {"url": redis_url},
+            "upstreams": {name: {"url": url} for name, url in upstreams.items()},
+            **extra,
+        }
+        self.config_path = directory / "jobgate.yaml"
+        self.log_path = directory / "jobgate.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> JobgateProcess:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_http(f"http://127.0.0.1:{self.metrics_port}/-/health", self.process, self.log_path)
+        return self
+
+    def stop(self) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def rss_peak_kib(self) -> int:
+        """The process's peak resident set size (VmHWM) in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmHWM")
+
+    def rss_kib(self) -> int:
+        """The process's current resident set size in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def __enter__(self) -> JobgateProcess:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class BulkUpstream:
+    """tests/e2e/bulk_upstream.py in a subprocess: streams N zero bytes, counts uploads."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.log_path = directory / "bulk.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> BulkUpstream:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(HERE / "bulk_upstream.py"), str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        wait_http(self.url + "/health", self.process, self.log_path)
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        self.process.wait(timeout=10)
