@@ -49,6 +49,7 @@ class RecordingUpstream:
 
     requests: list[Recorded] = field(default_factory=list)
     server: TestServer | None = None
+    respond: Any = None  # optional async (request, body) -> response, replacing the JSON echo
 
     @property
     def url(self) -> str:
@@ -72,6 +73,8 @@ async def upstream() -> AsyncIterator[RecordingUpstream]:
             headers.setdefault(name.lower(), []).append(value)
         body = await request.read()
         recorder.requests.append(Recorded(request.method, request.raw_path, headers, body))
+        if recorder.respond is not None:
+            return await recorder.respond(request, body)
         return web.json_response({"upstream": "ok", "path": request.raw_path, "size": len(body)})
 
     app = web.Application(client_max_size=1 << 30)

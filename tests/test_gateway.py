@@ -302,3 +302,85 @@ async def test_only_token_digests_are_stored(world: World) -> None:
         assert token not in key
         dump = await world.store.client.dump(key)
         assert token.encode() not in dump
+
+
+# -- pass-through of HTTP semantics -----------------------------------------------------
+
+FILE = bytes(range(256)) * 64
+
+
+async def test_range_head_and_redirects_pass_through_unchanged(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    from aiohttp import web
+
+    async def respond(request: web.Request, body: bytes) -> web.StreamResponse:
+        if request.path.endswith("/moved"):
+            return web.Response(status=302, headers={"Location": "http://elsewhere.example/x"})
+        if request.headers.get("Range") == "bytes=10-19":
+            return web.Response(
+                status=206, body=FILE[10:20], headers={"Content-Range": f"bytes 10-19/{len(FILE)}"}
+            )
+        return web.Response(body=FILE, headers={"ETag": '"v1"', "Content-Encoding": "identity"})
+
+    upstream.respond = respond
+    headers = {"JOB-TOKEN": world.tokens["100"]}
+    ranged = await gateway.get(PKG, headers={**headers, "Range": "bytes=10-19"})
+    assert ranged.status == 206 and await ranged.read() == FILE[10:20]
+    assert ranged.headers["Content-Range"] == f"bytes 10-19/{len(FILE)}"
+    assert upstream.last.headers["range"] == ["bytes=10-19"]
+
+    head = await gateway.head(PKG, headers=headers)
+    assert head.status == 200 and head.headers["Content-Length"] == str(len(FILE))
+    assert head.headers["ETag"] == '"v1"' and await head.read() == b""
+    assert upstream.last.method == "HEAD"
+
+    moved = await gateway.get(
+        "/api/v4/projects/1/packages/generic/x/1/moved", headers=headers, allow_redirects=False
+    )
+    assert moved.status == 302 and moved.headers["Location"] == "http://elsewhere.example/x"
+    assert len(upstream.requests) == 3, "jobgate must not follow the redirect itself"
+
+
+async def test_chunked_upload_is_streamed_through(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    async def body() -> Any:
+        for i in range(50):
+            yield bytes([i]) * 10_000
+
+    resp = await gateway.put(PKG, data=body(), headers={"JOB-TOKEN": world.tokens["100"]})
+    assert resp.status == 200
+    assert upstream.last.body == b"".join(bytes([i]) * 10_000 for i in range(50))
+    assert upstream.last.headers["transfer-encoding"] == ["chunked"]
+
+
+async def test_pass_token_upstream_keeps_the_credential(
+    make_gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    from gateway.config import UPSTREAM_NAMES
+
+    client = await make_gateway(
+        upstreams={n: {"url": upstream.url, "pass_token": n == "packages"} for n in UPSTREAM_NAMES}
+    )
+    token = world.tokens["100"]
+    assert (await client.get(PKG + f"?job_token={token}", headers={"JOB-TOKEN": token})).status == 200
+    assert upstream.last.headers["job-token"] == [token]
+    assert upstream.last.path_qs.endswith(f"job_token={token}")
+
+
+async def test_upstream_timeout_is_504(make_gateway: Any, upstream: RecordingUpstream, world: World) -> None:
+    import asyncio
+
+    from gateway.config import UPSTREAM_NAMES
+
+    async def hang(request: Any, body: bytes) -> Any:
+        await asyncio.sleep(5)
+
+    upstream.respond = hang
+    client = await make_gateway(
+        upstreams={n: {"url": upstream.url, "read_timeout": 0.3} for n in UPSTREAM_NAMES}
+    )
+    resp = await client.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})
+    assert resp.status == 504
+    assert await resp.json() == {"message": "504 Gateway Timeout"}
