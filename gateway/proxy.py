@@ -143,8 +143,6 @@ async def forward_request(
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(response_headers(upstream))
-        if upstream.headers.get("Content-Length") is None and request.method != "HEAD":
-            response.enable_chunked_encoding()
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():

@@ -384,3 +384,75 @@ async def test_upstream_timeout_is_504(make_gateway: Any, upstream: RecordingUps
     resp = await client.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})
     assert resp.status == 504
     assert await resp.json() == {"message": "504 Gateway Timeout"}
+
+
+# -- every denial reason, end to end: the same 404, nothing forwarded --------------------
+
+
+async def _private_lib(w: World) -> None:
+    await w.project(2, "other/lib", "private")
+    await w.store.set_member(2, 7, 30)
+
+
+async def _outbound_limited(w: World) -> None:
+    await _private_lib(w)
+    await w.store.set_project(2, inbound=False)
+    await w.store.set_project(1, scope=True)
+
+
+async def _inbound_limited(w: World) -> None:
+    await _private_lib(w)
+
+
+async def _reporter_only(w: World) -> None:
+    await _private_lib(w)
+    await w.store.set_inbound(2, "group", True)
+    await w.store.set_member(2, 7, 20)
+
+
+async def _policy_limited(w: World) -> None:
+    await _private_lib(w)
+    await w.store.set_inbound(2, "1", True, ["read_releases"])
+
+
+async def _nothing(w: World) -> None:
+    return None
+
+
+LIB = "/api/v4/projects/2/packages/generic/lib/1/lib.tar"
+DENIALS = [
+    ("outside_scope", _outbound_limited, "GET", LIB),
+    ("outside_inbound_scope", _inbound_limited, "GET", LIB),
+    ("insufficient_role", _reporter_only, "PUT", LIB),
+    ("policy_missing", _policy_limited, "GET", LIB),
+    ("project_not_found", _nothing, "GET", "/api/v4/projects/99/packages/generic/x/1/x"),
+    ("project_not_found", _nothing, "GET", "/api/v4/projects/no%2Fsuch/packages/generic/x/1/x"),
+    ("own_project_only", _private_lib, "GET", "/api/v4/projects/2/registry/repositories"),
+    ("insufficient_role", _nothing, "POST", "/api/v4/projects/1/terraform/state/prod/lock"),
+]
+
+
+@pytest.mark.parametrize(
+    ("reason", "setup", "method", "path"), DENIALS, ids=[f"{d[0]}-{i}" for i, d in enumerate(DENIALS)]
+)
+async def test_every_denial_is_the_same_404(
+    gateway: Any, upstream: RecordingUpstream, world: World, reason: str, setup: Any, method: str, path: str
+) -> None:
+    from gateway.app import METRICS
+
+    await setup(world)
+    resp = await gateway.request(method, path, headers={"JOB-TOKEN": world.tokens["100"]})
+    await assert_denied(resp, upstream)
+    metrics = gateway.app[METRICS]
+    assert metrics.decisions.labels("deny", reason)._value.get() == 1
+
+
+async def test_cross_project_access_in_scope_is_forwarded(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    await _private_lib(world)
+    await world.store.set_inbound(2, "group", True)
+    resp = await gateway.get(LIB, headers={"JOB-TOKEN": world.tokens["100"]})
+    assert resp.status == 200
+    assert upstream.last.headers["x-jobgate-target-project-id"] == ["2"]
+    assert upstream.last.headers["x-jobgate-project-id"] == ["1"]
