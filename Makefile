@@ -14,7 +14,7 @@ APT_NEEDS := redis-server:redis-server redis-cli:redis-tools git:git curl:curl
 INSTALL_TARGETS :=
 -include $(sort $(wildcard mk/*.mk))
 
-.PHONY: all install system-deps test lint run check clean
+.PHONY: all install system-deps test lint typecheck run check clean
 
 all: test
 
@@ -48,6 +48,9 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
 
 check: install
 	$(BIN)/jobgate check --config $(CONFIG)

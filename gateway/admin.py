@@ -93,10 +93,12 @@ def _int(value: Any, name: str, required: bool = True) -> int | None:
 
 
 def _flag(value: Any, name: str) -> bool | None:
-    if value is None or isinstance(value, bool):
+    if value is None:
+        return None
+    if isinstance(value, bool):
         return value
     if value in ("on", "off"):
-        return value == "on"
+        return bool(value == "on")
     raise ControlError(f"{name} must be true/false or on/off")
 
 

@@ -7,7 +7,8 @@ import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+
+from multidict import MultiMapping
 
 CI_USER = "gitlab-ci-token"
 JOB_TOKEN_HEADER = "JOB-TOKEN"
@@ -41,12 +42,6 @@ class Credential:
         return f"Credential(token='[MASKED]', sources={sorted(self.sources)})"
 
 
-class MultiMapping(Protocol):
-    """The read side of a multidict (aiohttp's headers and query)."""
-
-    def getall(self, key: str, default: list[str] = ...) -> list[str]: ...
-
-
 def _basic_password(value: str) -> tuple[str, str]:
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
@@ -73,8 +68,8 @@ def _from_authorization(values: Iterable[str]) -> list[tuple[Source, str]]:
 
 
 def extract_credential(
-    headers: MultiMapping,
-    query: MultiMapping,
+    headers: MultiMapping[str],
+    query: MultiMapping[str],
     *,
     token_param: bool = False,
     form: Mapping[str, list[str]] | None = None,

@@ -141,7 +141,7 @@ def decide(
     if not has_role:
         return verdict(Reason.INSUFFICIENT_ROLE)
     entry = state.inbound_entry
-    restricted = inbound_enforced and entry is not None and entry.policies is not None
-    if restricted and not policy_grants(entry.policies, action.policy):  # type: ignore[union-attr]
+    policies = entry.policies if inbound_enforced and entry is not None else None
+    if policies is not None and not policy_grants(policies, action.policy):
         return verdict(Reason.POLICY_MISSING)
     return verdict(Reason.IN_SCOPE)

@@ -10,6 +10,7 @@ from urllib.parse import unquote_plus
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from .config import UpstreamConfig
 
@@ -74,7 +75,7 @@ def filter_query(raw_query: str, drop: Iterable[str]) -> str:
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
-    tokens = set()
+    tokens: set[str] = set()
     for value in headers.getall("Connection", []) if hasattr(headers, "getall") else []:
         tokens.update(t.strip().lower() for t in value.split(","))
     return tokens
@@ -128,7 +129,7 @@ async def forward_request(
     try:
         upstream = await session.request(
             request.method,
-            aiohttp.client.URL(url, encoded=True),
+            URL(url, encoded=True),
             headers=upstream_headers(request, forward),
             data=body,
             allow_redirects=False,

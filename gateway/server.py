@@ -8,6 +8,7 @@ import signal
 import ssl
 from contextlib import suppress
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -66,6 +67,15 @@ async def _start(app: web.Application, address: Address, **kw: object) -> web.Ap
     return runner
 
 
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_later(session: aiohttp.ClientSession) -> None:
+    task = asyncio.ensure_future(session.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
 def reload_config(app: web.Application, path: str) -> bool:
     """Validate `path` and swap it in; on any problem keep serving the old config."""
     runtime = app[RUNTIME]
@@ -80,7 +90,7 @@ def reload_config(app: web.Application, path: str) -> bool:
     runtime.config, runtime.sessions = fresh.config, fresh.sessions
     loop = asyncio.get_running_loop()
     for session in retired:  # let requests in flight on the old clients finish
-        loop.call_later(DRAIN_SECONDS, lambda s=session: asyncio.ensure_future(s.close()))
+        loop.call_later(DRAIN_SECONDS, _close_later, session)
     log.info("config reloaded from %s", path)
     return True
 

@@ -296,6 +296,11 @@ return 1
 """
 
 
+def _text(value: Any) -> str:
+    """A Redis reply item as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _int(value: Any, default: int = 0) -> int:
     try:
         return int(value)
@@ -319,7 +324,7 @@ def _project(values: Sequence[str], project_id: int) -> ProjectState | None:
 
 def parse_access(raw: Sequence[Any]) -> AccessState:
     """Turn the script's flat reply into an AccessState."""
-    values = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+    values = [_text(v) for v in raw]
     kind = values[0]
     if kind not in ("j", "t"):
         return AccessState(kind=TokenKind.UNKNOWN)
@@ -460,7 +465,7 @@ class Store:
                 "pending_delete", _onoff(pending_delete),
             ],
         )
-        it = iter(v.decode() if isinstance(v, bytes) else v for v in raw)
+        it = iter(_text(v) for v in raw)
         return dict(zip(it, it, strict=True))
 
     async def set_member(self, project_id: int, user_id: int, access_level: int) -> None:
@@ -547,7 +552,7 @@ class Store:
         if status not in FINISH_STATUSES:
             raise ControlError(f"status must be one of {', '.join(FINISH_STATUSES)}")
         result = await self._call(self._update_job, [job_id, "status", status])
-        return str(result.decode() if isinstance(result, bytes) else result)
+        return _text(result)
 
     async def erase_job(self, job_id: int) -> None:
         """Mark a job erased, which revokes its token."""
@@ -561,7 +566,7 @@ class Store:
             raise StoreUnavailable(type(exc).__name__) from None
         if not raw:
             return None
-        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        fields = {_text(k): _text(v) for k, v in raw.items()}
         fields.pop("tok", None)
         return fields
 
