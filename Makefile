@@ -9,7 +9,8 @@ CONFIG ?= config/gateway.yaml
 STAMP := $(VENV)/.installed
 
 # command:debian-package pairs the tests need on the machine.
-APT_NEEDS := redis-server:redis-server redis-cli:redis-tools git:git curl:curl
+APT_NEEDS := redis-server:redis-server redis-cli:redis-tools git:git curl:curl \
+  lighttpd:lighttpd docker-registry:docker-registry skopeo:skopeo
 # Each mk/*.mk fragment may add to APT_NEEDS and INSTALL_TARGETS (extra install steps).
 INSTALL_TARGETS :=
 -include $(sort $(wildcard mk/*.mk))

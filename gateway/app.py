@@ -31,9 +31,10 @@ from .credentials import (
 )
 from .decision import Decision, Reason, decide
 from .observe import Metrics, RequestLog, access_logger, method_label
+from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
-from .routes import PathError, RouteMatch, canonical_path, match, split_path
-from .store import Store, StoreUnavailable, connect
+from .routes import Action, PathError, Protocol, canonical_path, match, repo_ref, split_path
+from .store import Store, StoreUnavailable, TargetRef, connect, token_digest
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
+ISSUER = web.AppKey("registry_issuer", registry.TokenIssuer)
 REQUEST_LOG = web.RequestKey("request_log", RequestLog)
 
 IDENTITY_JOB = "X-Jobgate-Job-Id"
@@ -151,7 +153,10 @@ def _identity(decision: Decision, pipeline_source: bool) -> dict[str, str]:
     return identity
 
 
-def _credential_headers(credential: Credential) -> frozenset[str]:
+def _credential_headers(credential: Credential | None) -> frozenset[str]:
+    """The request headers that carried the token (a registry token: Authorization)."""
+    if credential is None:
+        return frozenset({"authorization"})
     drop = set()
     if Source.HEADER in credential.sources:
         drop.add(JOB_TOKEN_HEADER.lower())
@@ -179,16 +184,71 @@ def job_json(decision: Decision) -> web.Response:
 
 
 async def authorize(
-    request: web.Request, matched: RouteMatch, credential: Credential | None
+    app: web.Application, action: Action | None, target: TargetRef, digest: str | None
 ) -> Decision:
-    """Read the state the credential names and decide; StoreUnavailable fails closed."""
-    if credential is None:
-        return Decision(Reason.NO_CREDENTIAL, action=matched.route.action)
-    app = request.app
+    """Read the state the token digest names and decide; StoreUnavailable fails closed."""
+    if digest is None:
+        return Decision(Reason.NO_CREDENTIAL, action=action)
     started = time.perf_counter()
-    state = await app[STORE].read_access(credential.token, matched.target)
+    state = await app[STORE].read_access_digest(digest, target)
     app[METRICS].redis_seconds.observe(time.perf_counter() - started)
-    return decide(matched.route.action, state, time.time(), app[RUNTIME].config.scope)
+    return decide(action, state, time.time(), app[RUNTIME].config.scope)
+
+
+def _registry_grant(request: web.Request) -> registry.Grant | None:
+    """The verified registry token a `/v2/` request carries, if any."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return request.app[ISSUER].verify(token.strip(), time.time())
+
+
+def _realm(request: web.Request, config: Config) -> str:
+    base = config.public_url or f"{request.scheme}://{request.host}"
+    return base + "/jwt/auth"
+
+
+def _record(entry: RequestLog, metrics: Metrics, decision: Decision) -> None:
+    entry.reason = decision.reason.value
+    entry.job_id = decision.job.id if decision.job else None
+    entry.source_project = decision.source.id if decision.source else None
+    entry.target_project = decision.target.id if decision.target else None
+    metrics.decisions.labels("allow" if decision.allowed else "deny", decision.reason.value).inc()
+
+
+async def registry_token(request: web.Request) -> web.Response:
+    """`GET /jwt/auth`: trade a job token for a registry token granting what the job may do."""
+    app, entry = request.app, request[REQUEST_LOG]
+    config, metrics = app[RUNTIME].config, app[METRICS]
+    entry.route = "registry_token"
+    try:
+        credential = extract_credential(
+            request.headers, request.query, bearer=False, max_length=config.max_token_length
+        )
+    except CredentialError as exc:
+        return responses.bad_request(str(exc))
+    if credential is None:
+        return registry.unauthorized()
+    entry.token = credential.token
+    digest, now = token_digest(credential.token), time.time()
+    access: list[dict[str, object]] = []
+    try:
+        decision = await authorize(app, None, TargetRef(), digest)
+        _record(entry, metrics, decision)
+        if not decision.allowed:
+            return registry.unauthorized()
+        for name, actions in registry.parse_scopes(request.query.getall("scope", [])):
+            target = repo_ref(name.split("/")) or TargetRef()
+            granted = [
+                wanted for wanted in actions
+                if (await authorize(app, registry.ACTIONS[wanted], target, digest)).allowed
+            ]  # fmt: skip
+            access.append({"type": "repository", "name": name, "actions": granted})
+    except StoreUnavailable:
+        metrics.redis_errors.inc()
+        return responses.unavailable()
+    issuer = app[ISSUER]
+    return registry.token_response(issuer.mint(digest, access, now), issuer.ttl, now)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -205,28 +265,32 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return responses.not_found()
     route = matched.route
     entry.route = route.name
+    is_registry = route.protocol is Protocol.REGISTRY
     try:
         form, body = await _trigger_form(request) if route.token_param else ({}, None)
         credential = extract_credential(
             request.headers, request.query, token_param=route.token_param, form=form,
-            max_length=config.max_token_length,
+            bearer=not is_registry, max_length=config.max_token_length,
         )
     except CredentialError as exc:
         return responses.bad_request(str(exc))
     entry.token = credential.token if credential else None
+    grant = _registry_grant(request) if is_registry and credential is None else None
+    digest = token_digest(credential.token) if credential else grant.digest if grant else None
     try:
-        decision = await authorize(request, matched, credential)
+        decision = await authorize(app, route.action, matched.target, digest)
     except StoreUnavailable:
         metrics.redis_errors.inc()
         entry.reason = "store_unavailable"
         return responses.unavailable()
-    entry.reason = decision.reason.value
-    entry.job_id = decision.job.id if decision.job else None
-    entry.source_project = decision.source.id if decision.source else None
-    entry.target_project = decision.target.id if decision.target else None
-    metrics.decisions.labels("allow" if decision.allowed else "deny", decision.reason.value).inc()
+    repository = matched.params.get("repo", "")
+    if decision.allowed and grant is not None and not grant.allows(repository, route.action):
+        decision = Decision(Reason.INSUFFICIENT_TOKEN_SCOPE, decision.state, route.action)
+    _record(entry, metrics, decision)
     if not decision.allowed:
-        return responses.denial(decision, route.protocol, config.explain)
+        wanted = registry.ACTION_NAMES.get(route.action.name, "") if route.action else ""
+        scope = f"repository:{repository}:{wanted}" if repository and wanted else None
+        return responses.denial(decision, route.protocol, config.explain, _realm(request, config), scope)
     if route.local == "job":
         return job_json(decision)
 
@@ -234,16 +298,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if upstream is None:
         return responses.not_found()
     entry.upstream = upstream.name
-    assert credential is not None
-    pass_token = upstream.pass_token
+    pass_token = upstream.pass_token and credential is not None
+    secret_params = {JOB_TOKEN_PARAM, TOKEN_PARAM} if route.token_param else {JOB_TOKEN_PARAM}
     forward = Forward(
         upstream=upstream,
         path=canonical_path(segments),
-        query=request.query_string
-        if pass_token
-        else filter_query(
+        query=filter_query(
             request.raw_path.partition("?")[2],
-            {JOB_TOKEN_PARAM, TOKEN_PARAM} if route.token_param else {JOB_TOKEN_PARAM},
+            set(route.strip_query) if pass_token else secret_params | set(route.strip_query),
         ),
         drop_headers=frozenset() if pass_token else _credential_headers(credential),
         identity=_identity(decision, route.pipeline_source),
@@ -286,6 +348,10 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
     app = web.Application(middlewares=[observe_middleware], client_max_size=config.max_form_body)
     app[RUNTIME] = Runtime(config)
     app[METRICS] = metrics or Metrics()
+    app[ISSUER] = registry.TokenIssuer(
+        config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl
+    )
     app.cleanup_ctx.extend([_store_ctx, _sessions_ctx])
+    app.router.add_get("/jwt/auth", registry_token)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

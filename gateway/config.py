@@ -97,6 +97,17 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """The container registry token flow."""
+
+    token_secret: str | None = None  # shared by every replica; absent: random per process
+    token_ttl: int = 300
+
+    def __repr__(self) -> str:
+        return f"RegistryConfig(token_secret={'[MASKED]' if self.token_secret else None})"
+
+
+@dataclass(frozen=True)
 class ScopeConfig:
     """Instance-wide switches of the job token scope."""
 
@@ -115,6 +126,7 @@ class Config:
     redis: RedisConfig
     upstreams: Mapping[str, UpstreamConfig]
     scope: ScopeConfig
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
     admin_token: str | None = None
     explain: bool = False
     tls: TLSConfig | None = None
@@ -255,7 +267,7 @@ class _Reader:
 
 _TOP = {
     "listen", "admin_listen", "metrics_listen", "redis", "upstreams", "scope",
-    "admin_token", "explain", "tls", "limits", "public_url",
+    "admin_token", "explain", "tls", "limits", "public_url", "registry",
 }
 _UPSTREAM = {
     "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
@@ -323,6 +335,12 @@ def parse_config(
         registry_push_in_scope=r.get(sd, "scope", "registry_push_in_scope", r.boolean, False),
     )
 
+    gd = r.section(top.get("registry"), "registry", {"token_secret", "token_ttl"})
+    registry = RegistryConfig(
+        token_secret=r.get(gd, "registry", "token_secret", r.string, None) or None,
+        token_ttl=r.get(gd, "registry", "token_ttl", r.count, 300),
+    )
+
     tls = None
     if top.get("tls") is not None:
         td = r.section(top["tls"], "tls", {"cert_file", "key_file"})
@@ -352,6 +370,7 @@ def parse_config(
         redis=redis,
         upstreams=MappingProxyType(upstreams),
         scope=scope,
+        registry=registry,
         admin_token=admin_token,
         explain=r.get(top, "", "explain", r.boolean, False),
         tls=tls,

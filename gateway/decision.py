@@ -31,6 +31,14 @@ class Reason(StrEnum):
     INSUFFICIENT_ROLE = "insufficient_role"
     POLICY_MISSING = "policy_missing"
     TRIGGER_TOKEN_NOT_ALLOWED = "trigger_token_not_allowed"
+    INSUFFICIENT_TOKEN_SCOPE = "insufficient_token_scope"
+
+
+#: Reasons that mean "this credential cannot act at all": protocols re-challenge for these.
+DEAD_CREDENTIAL = frozenset({
+    Reason.NO_CREDENTIAL, Reason.UNKNOWN_TOKEN, Reason.JOB_NOT_RUNNING, Reason.JOB_ERASED,
+    Reason.TOKEN_EXPIRED, Reason.INSUFFICIENT_TOKEN_SCOPE,
+})  # fmt: skip
 
 
 ALLOWING = frozenset({Reason.SAME_PROJECT, Reason.PUBLIC_READ, Reason.IN_SCOPE, Reason.JOB_ONLY})

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .decision import Decision, Reason
+from .decision import DEAD_CREDENTIAL, Decision, Reason
+from .protocols import registry
 from .routes import Protocol
 
 GIT_NOT_FOUND = (
@@ -61,19 +62,30 @@ def explain_message(decision: Decision) -> str:
     return f"403 Forbidden - {reason.value}"
 
 
-def denial(decision: Decision, protocol: Protocol, explain: bool = False) -> web.Response:
-    """The answer to a denied request, as the client's protocol expects it."""
-    if decision.reason is Reason.NO_CREDENTIAL and protocol is not Protocol.API:
-        return challenge(protocol)
-    if explain and decision.reason not in (Reason.NO_CREDENTIAL, Reason.UNKNOWN_TOKEN):
+def denial(
+    decision: Decision, protocol: Protocol, explain: bool = False, realm: str = "", scope: str | None = None
+) -> web.Response:
+    """The answer to a denied request, as the client's protocol expects it.
+
+    Git asks for credentials when none came; the registry also re-challenges a dead or
+    too-narrow registry token (`realm`/`scope` name its token endpoint and the scope).
+    """
+    reason = decision.reason
+    if protocol is Protocol.REGISTRY and reason in DEAD_CREDENTIAL:
+        return registry.challenge(realm, scope)
+    if protocol is Protocol.GIT and reason is Reason.NO_CREDENTIAL:
+        return git_challenge()
+    if explain and reason not in (Reason.NO_CREDENTIAL, Reason.UNKNOWN_TOKEN):
         return json_error(403, explain_message(decision))
     if protocol is Protocol.GIT:
         return web.Response(status=404, text=GIT_NOT_FOUND)
+    if protocol is Protocol.REGISTRY:
+        return registry.not_found()
     return not_found()
 
 
-def challenge(protocol: Protocol) -> web.Response:
-    """401 asking the client for credentials (git and registry clients wait for it)."""
+def git_challenge() -> web.Response:
+    """401 asking git for credentials: it sends none until asked."""
     return web.Response(
         status=401,
         text="HTTP Basic: Access denied\n",

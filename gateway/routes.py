@@ -72,10 +72,11 @@ class Route:
     pipeline_source: bool = False
     local: str | None = None  # answered by jobgate itself
     query: tuple[tuple[str, str], ...] = ()  # required query parameters
+    strip_query: tuple[str, ...] = ()  # query parameters never forwarded
     segments: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "segments", tuple(self.template.strip("/").split("/")))
+        object.__setattr__(self, "segments", tuple(self.template[1:].split("/")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,9 @@ READ_TF_STATE = _a("read_terraform_state", DEVELOPER, "read_terraform_state")
 WRITE_TF_STATE = _a("write_terraform_state", MAINTAINER, "admin_terraform_state")
 READ_REGISTRY = _a("read_registry", REPORTER, "read_containers", read=True, own_project_only=True)
 MANAGE_REGISTRY = _a("manage_registry", MAINTAINER, "admin_containers", own_project_only=True)
+PULL_IMAGE = _a("pull_image", REPORTER, "read_containers", read=True)
+PUSH_IMAGE = _a("push_image", DEVELOPER, "admin_containers", own_project_only=True, in_scope_switch=True)
+DELETE_IMAGE = _a("delete_image", DEVELOPER, "admin_containers", own_project_only=True, in_scope_switch=True)
 CLONE = _a("clone", REPORTER, None, read=True)
 PUSH_CODE = _a("push_code", DEVELOPER, None, denied_to_job_tokens=True)
 
@@ -141,6 +145,23 @@ ROUTES: tuple[Route, ...] = (
        WRITE_TF_STATE, upstream="terraform"),
     _r("registry_api_read", "GET HEAD", P + "/registry/{rest*}", READ_REGISTRY),
     _r("registry_api_write", "POST PUT DELETE", P + "/registry/{rest*}", MANAGE_REGISTRY),
+    _r("registry_base", "GET HEAD", "/v2/", None, upstream="container_registry",
+       protocol=Protocol.REGISTRY),
+    _r("registry_upload", "POST PUT PATCH GET HEAD DELETE", "/v2/{repo+}/blobs/uploads/{rest*}",
+       PUSH_IMAGE, upstream="container_registry", protocol=Protocol.REGISTRY,
+       strip_query=("mount", "from")),
+    _r("registry_blob_read", "GET HEAD", "/v2/{repo+}/blobs/{digest}", PULL_IMAGE,
+       upstream="container_registry", protocol=Protocol.REGISTRY),
+    _r("registry_blob_delete", "DELETE", "/v2/{repo+}/blobs/{digest}", DELETE_IMAGE,
+       upstream="container_registry", protocol=Protocol.REGISTRY),
+    _r("registry_manifest_read", "GET HEAD", "/v2/{repo+}/manifests/{reference}", PULL_IMAGE,
+       upstream="container_registry", protocol=Protocol.REGISTRY),
+    _r("registry_manifest_write", "PUT", "/v2/{repo+}/manifests/{reference}", PUSH_IMAGE,
+       upstream="container_registry", protocol=Protocol.REGISTRY),
+    _r("registry_manifest_delete", "DELETE", "/v2/{repo+}/manifests/{reference}", DELETE_IMAGE,
+       upstream="container_registry", protocol=Protocol.REGISTRY),
+    _r("registry_tags", "GET HEAD", "/v2/{repo+}/tags/list", PULL_IMAGE,
+       upstream="container_registry", protocol=Protocol.REGISTRY),
     _r("git_refs", "GET HEAD", "/{repo+}/info/refs", CLONE, upstream="git", protocol=Protocol.GIT,
        query=(("service", "git-upload-pack"),)),
     _r("git_refs_push", "GET HEAD", "/{repo+}/info/refs", PUSH_CODE, upstream="git",
@@ -225,12 +246,12 @@ def _match_segments(
             return target
         if item == "{repo+}":
             tail = template[i + 1 :]
-            if len(segments) - i <= len(tail):
-                return False
-            split = len(segments) - len(tail)
-            if not _match_segments(tail, segments[split:], params):
-                return False
-            return repo_ref(segments[i:split]) or False
+            fixed = sum(1 for t in tail if t != "{rest*}")
+            for split in range(len(segments) - fixed, i, -1):  # longest repository first
+                if _match_segments(tail, segments[split:], params) is not False:
+                    params["repo"] = "/".join(segments[i:split])
+                    return repo_ref(segments[i:split]) or False
+            return False
         if i >= len(segments):
             return False
         segment = segments[i]

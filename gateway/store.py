@@ -433,12 +433,16 @@ class Store:
 
     async def read_access(self, token: str, target: TargetRef) -> AccessState:
         """Everything a decision needs about a token and a target project, in one round trip."""
+        return await self.read_access_digest(token_digest(token), target)
+
+    async def read_access_digest(self, digest: str, target: TargetRef) -> AccessState:
+        """`read_access` for a token known only by its SHA-256 digest."""
         if target.project_id is not None:
-            args: list[Any] = [token_digest(token), "id", target.project_id]
+            args: list[Any] = [digest, "id", target.project_id]
         elif target.paths:
-            args = [token_digest(token), "path", *(p.lower() for p in target.paths)]
+            args = [digest, "path", *(p.lower() for p in target.paths)]
         else:
-            args = [token_digest(token), "none"]
+            args = [digest, "none"]
         return parse_access(await self._call(self._read_access, args))
 
     # -- control plane --------------------------------------------------------

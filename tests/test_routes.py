@@ -94,3 +94,26 @@ def test_every_route_names_a_known_upstream() -> None:
 
     assert {r.upstream for r in ROUTES} <= set(UPSTREAM_NAMES)
     assert len({r.name for r in ROUTES}) == len(ROUTES)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "route", "repo"),
+    [
+        ("GET", "/v2/", "registry_base", None),
+        ("GET", "/v2/g/app/image/manifests/v1", "registry_manifest_read", "g/app/image"),
+        ("PUT", "/v2/g/app/manifests/sha256:abc", "registry_manifest_write", "g/app"),
+        ("DELETE", "/v2/g/app/manifests/v1", "registry_manifest_delete", "g/app"),
+        ("HEAD", "/v2/g/app/blobs/sha256:abc", "registry_blob_read", "g/app"),
+        ("POST", "/v2/g/app/x/blobs/uploads/", "registry_upload", "g/app/x"),
+        ("PATCH", "/v2/g/app/blobs/uploads/1f2e-uuid", "registry_upload", "g/app"),
+        ("GET", "/v2/g/sub/app/tags/list", "registry_tags", "g/sub/app"),
+    ],
+)
+def test_registry_routes(method: str, path: str, route: str, repo: str | None) -> None:
+    matched = match(method, split_path(path))
+    assert matched is not None and matched.route.name == route
+    assert (matched.target.paths[0] if matched.target.paths else None) == repo
+
+
+def test_registry_catalog_is_not_routed() -> None:
+    assert match("GET", split_path("/v2/_catalog")) is None

@@ -1,0 +1,83 @@
+"""The registry token flow: token endpoint, challenges, verification of registry tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.protocols.registry import TokenIssuer, parse_scopes
+
+from .conftest import RecordingUpstream, World, basic
+
+
+def test_issuer_roundtrip_and_forgeries() -> None:
+    issuer = TokenIssuer("secret", ttl=60)
+    token = issuer.mint("d" * 64, [{"type": "repository", "name": "g/app", "actions": ["pull"]}], 1000.0)
+    grant = issuer.verify(token, 1010.0)
+    assert grant is not None and grant.digest == "d" * 64 and grant.access == {"g/app": {"pull"}}
+    assert issuer.verify(token, 1061.0) is None  # expired
+    assert TokenIssuer("other").verify(token, 1010.0) is None  # another secret
+    header, payload, signature = token.split(".")
+    assert issuer.verify(f"{header}.{payload}x.{signature}", 1010.0) is None
+    assert issuer.verify("not-a-jwt", 1010.0) is None
+
+
+def test_scope_parsing() -> None:
+    assert parse_scopes(["repository:g/app/img:pull,push", "registry:catalog:*", "repository:UP/x:pull"]) == [
+        ("g/app/img", ["pull", "push"])
+    ]
+    assert parse_scopes(["repository:g/app:*"]) == [("g/app", ["pull", "push", "delete"])]
+
+
+async def test_token_endpoint_grants_only_what_the_job_may_do(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    await world.project(2, "other/lib", "public")
+    auth = {"Authorization": basic("gitlab-ci-token", world.tokens["100"])}
+    resp = await gateway.get(
+        "/jwt/auth?service=container_registry&scope=repository:group/app/img:pull,push"
+        "&scope=repository:other/lib:pull,push&scope=repository:no/such:pull",
+        headers=auth,
+    )
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["token"] == body["access_token"] and body["expires_in"] == 300
+    from gateway.app import ISSUER
+
+    grant = gateway.app[ISSUER].verify(body["token"], __import__("time").time())
+    assert grant.access == {"group/app/img": {"pull", "push"}, "other/lib": {"pull"}, "no/such": set()}
+    assert upstream.requests == []
+
+
+async def test_token_endpoint_refuses_dead_or_missing_job_tokens(gateway: Any, world: World) -> None:
+    assert (await gateway.get("/jwt/auth?service=container_registry")).status == 401
+    await world.store.finish_job(100)
+    resp = await gateway.get(
+        "/jwt/auth?service=container_registry",
+        headers={"Authorization": basic("gitlab-ci-token", world.tokens["100"])},
+    )
+    assert resp.status == 401
+
+
+async def test_v2_challenges_and_checks_the_grant(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    resp = await gateway.get("/v2/")
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"] == (
+        f'Bearer realm="http://{resp.url.host}:{resp.url.port}/jwt/auth",service="container_registry"'
+    )
+    auth = {"Authorization": basic("gitlab-ci-token", world.tokens["100"])}
+    pull_only = await (
+        await gateway.get("/jwt/auth?scope=repository:group/app/img:pull", headers=auth)
+    ).json()
+    bearer = {"Authorization": f"Bearer {pull_only['token']}"}
+    assert (await gateway.get("/v2/group/app/img/manifests/v1", headers=bearer)).status == 200
+    assert "authorization" not in upstream.last.headers  # the registry token is not forwarded
+    denied = await gateway.put("/v2/group/app/img/manifests/v1", headers=bearer, data=b"{}")
+    assert denied.status == 401  # push was not granted: the client must ask for a wider token
+    assert 'scope="repository:group/app/img:push"' in denied.headers["WWW-Authenticate"]
+    other = await gateway.get("/v2/group/app/other/manifests/v1", headers=bearer)
+    assert other.status == 401
+    await world.store.finish_job(100)
+    assert (await gateway.get("/v2/group/app/img/manifests/v1", headers=bearer)).status == 401
+    assert len(upstream.requests) == 1
