@@ -10,9 +10,11 @@ STAMP := $(VENV)/.installed
 
 # command:debian-package pairs the tests need on the machine.
 APT_NEEDS := redis-server:redis-server redis-cli:redis-tools git:git curl:curl \
-  lighttpd:lighttpd docker-registry:docker-registry skopeo:skopeo
+  lighttpd:lighttpd docker-registry:docker-registry skopeo:skopeo npm:npm
+# The npm registry (verdaccio) the package tests run against.
+NODE_PEERS := tests/peers_node/node_modules/.package-lock.json
 # Each mk/*.mk fragment may add to APT_NEEDS and INSTALL_TARGETS (extra install steps).
-INSTALL_TARGETS :=
+INSTALL_TARGETS := $(NODE_PEERS)
 -include $(sort $(wildcard mk/*.mk))
 
 .PHONY: all install system-deps test lint typecheck run check clean
@@ -42,6 +44,9 @@ system-deps:
 	fi
 
 install: $(STAMP) system-deps $(INSTALL_TARGETS)
+
+$(NODE_PEERS): tests/peers_node/package.json tests/peers_node/package-lock.json | system-deps
+	npm ci --prefix tests/peers_node --no-audit --no-fund --loglevel=error
 
 test: install
 	$(BIN)/ruff check .

@@ -302,7 +302,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     secret_params = {JOB_TOKEN_PARAM, TOKEN_PARAM} if route.token_param else {JOB_TOKEN_PARAM}
     forward = Forward(
         upstream=upstream,
-        path=canonical_path(segments),
+        path=upstream.upstream_path(canonical_path(segments)),
         query=filter_query(
             request.raw_path.partition("?")[2],
             set(route.strip_query) if pass_token else secret_params | set(route.strip_query),

@@ -76,6 +76,15 @@ class UpstreamConfig:
     pass_token: bool = False
     preserve_host: bool = False
     headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    path_rewrite: tuple[tuple[re.Pattern[str], str], ...] = ()
+
+    def upstream_path(self, path: str) -> str:
+        """The path sent upstream: the first matching `path_rewrite` rule applied, if any."""
+        for pattern, replacement in self.path_rewrite:
+            rewritten, count = pattern.subn(replacement, path, count=1)
+            if count:
+                return rewritten if rewritten.startswith("/") else "/" + rewritten
+        return path
 
     def __repr__(self) -> str:
         shown = {k: "[MASKED]" for k in self.headers}
@@ -271,7 +280,7 @@ _TOP = {
 }
 _UPSTREAM = {
     "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
-    "preserve_host", "headers",
+    "preserve_host", "headers", "path_rewrite",
 }
 
 
@@ -285,6 +294,16 @@ def _upstream(r: _Reader, name: str, data: Any) -> UpstreamConfig | None:
     for hname, hvalue in r.section(d.get("headers"), f"{key}.headers", set(d.get("headers") or {})).items():
         value = r.get({hname: hvalue}, f"{key}.headers", hname, r.string, "")
         headers[str(hname)] = value
+    rewrites: list[tuple[re.Pattern[str], str]] = []
+    raw_rules = d.get("path_rewrite") or {}
+    if not isinstance(raw_rules, dict):
+        r.problem(f"{key}.path_rewrite", "expected a mapping of regular expression -> replacement")
+        raw_rules = {}
+    for pattern, replacement in raw_rules.items():
+        try:
+            rewrites.append((re.compile(str(pattern)), str(replacement or "")))
+        except re.error as exc:
+            r.problem(f"{key}.path_rewrite", f"invalid regular expression {pattern!r}: {exc}")
     url = r.get(d, key, "url", r.http_url, "")
     if not url:
         return None
@@ -298,6 +317,7 @@ def _upstream(r: _Reader, name: str, data: Any) -> UpstreamConfig | None:
         pass_token=r.get(d, key, "pass_token", r.boolean, False),
         preserve_host=r.get(d, key, "preserve_host", r.boolean, False),
         headers=MappingProxyType(headers),
+        path_rewrite=tuple(rewrites),
     )
 
 

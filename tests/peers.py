@@ -177,3 +177,113 @@ def skopeo(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env={"PATH": "/usr/bin:/bin", "REGISTRY_AUTH_FILE": str(auth), "HOME": str(root)},
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
+
+
+class PypiServer(ServerProcess):
+    """pypiserver with an htpasswd user; downloads and listings need that user's password."""
+
+    name = "pypi"
+    probe = "/health"
+    user, password = "uploader", "pypi-password"
+
+    def command(self) -> list[str]:
+        import sys
+
+        from passlib.apache import HtpasswdFile  # pypiserver[passlib], a test dependency
+
+        htpasswd = HtpasswdFile(str(self.root / "htpasswd"), new=True)
+        htpasswd.set_password(self.user, self.password)
+        htpasswd.save()
+        (self.root / "packages").mkdir(exist_ok=True)
+        return [sys.executable, "-m", "pypiserver", "run", "--host", "127.0.0.1", "--port", str(self.port),
+                "--passwords", str(self.root / "htpasswd"), "--authenticate", "update,download,list",
+                str(self.root / "packages")]  # fmt: skip
+
+    def add_wheel(self, name: str, version: str, module_source: bytes) -> Path:
+        """Write a minimal pure-Python wheel `name-version` holding `name/__init__.py`."""
+        import base64
+        import hashlib
+        import zipfile
+
+        info = f"{name}-{version}.dist-info"
+        files = {
+            f"{name}/__init__.py": module_source,
+            f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+            f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: jobgate-tests\nRoot-Is-Purelib: true\n"
+            b"Tag: py3-none-any\n",
+        }
+        record = [
+            f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b'=').decode()},{len(data)}"
+            for path, data in files.items()
+        ]
+        files[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+        wheel = self.root / "packages" / f"{name}-{version}-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            for path, data in files.items():
+                archive.writestr(path, data)
+        return wheel
+
+
+NODE_DIR = Path(__file__).parent / "peers_node"
+
+
+class NpmRegistry(ServerProcess):
+    """verdaccio (tests/peers_node, installed by make) with htpasswd auth and no uplinks."""
+
+    name = "npm"
+    probe = "/-/ping"
+
+    def __init__(self, root: Path, url_prefix: str = "/") -> None:
+        super().__init__(root)
+        self.url_prefix = url_prefix
+
+    def command(self) -> list[str]:
+        binary = NODE_DIR / "node_modules" / ".bin" / "verdaccio"
+        if not binary.exists():
+            raise RuntimeError(f"verdaccio not found: npm ci --prefix {NODE_DIR} (make test installs it)")
+        config = {
+            "storage": str(self.root / "storage"),
+            "auth": {"htpasswd": {"file": str(self.root / "htpasswd"), "max_users": 10}},
+            "uplinks": {},
+            "packages": {"**": {"access": "$authenticated", "publish": "$authenticated"}},
+            "url_prefix": self.url_prefix,
+            "log": {"type": "stdout", "format": "pretty", "level": "warn"},
+            "listen": f"127.0.0.1:{self.port}",
+        }
+        (self.root / "config.yaml").write_text(json.dumps(config))
+        return [require("node", "nodejs"), str(binary), "--config", str(self.root / "config.yaml")]
+
+    def add_user(self, name: str, password: str) -> str:
+        """Create a user; the bearer token verdaccio issues for it."""
+        request = urllib.request.Request(
+            f"{self.url}/-/user/org.couchdb.user:{name}",
+            data=json.dumps({"name": name, "password": password}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.load(response)["token"])
+
+    def publish(self, token: str, name: str, version: str, index_js: str) -> None:
+        """`npm publish` a package straight to verdaccio."""
+        package = self.root / "src" / name
+        package.mkdir(parents=True)
+        (package / "package.json").write_text(
+            json.dumps({"name": name, "version": version, "main": "index.js"})
+        )
+        (package / "index.js").write_text(index_js)
+        result = npm(self.root, f"{self.url}/", token, "publish", cwd=package)
+        assert result.returncode == 0, result.stderr
+
+
+def npm(
+    root: Path, registry: str, token: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real npm client with a private npmrc: `registry` and a bearer `_authToken`."""
+    npmrc = root / f"npmrc-{abs(hash((registry, token)))}"
+    host_path = registry.split("://", 1)[1]
+    npmrc.write_text(f"registry={registry}\n//{host_path}:_authToken={token}\n")
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(root), "NPM_CONFIG_USERCONFIG": str(npmrc),
+           "NPM_CONFIG_CACHE": str(root / "npm-cache"), "NPM_CONFIG_UPDATE_NOTIFIER": "false"}  # fmt: skip
+    return subprocess.run([require("npm", "npm"), *args], cwd=cwd or root, env=env, capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
