@@ -9,7 +9,7 @@ CONFIG ?= config/gateway.yaml
 STAMP := $(VENV)/.installed
 
 # command:debian-package pairs the tests need on the machine.
-APT_NEEDS := redis-server:redis-server redis-cli:redis-tools git:git curl:curl \
+APT_NEEDS := redis-server:redis-server redis-cli:redis-tools git:git curl:curl nginx:nginx-light \
   lighttpd:lighttpd docker-registry:docker-registry skopeo:skopeo npm:npm
 # The npm registry (verdaccio) the package tests run against.
 NODE_PEERS := tests/peers_node/node_modules/.package-lock.json

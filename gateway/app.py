@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
+from multidict import MultiDict, MultiMapping
 
 from . import responses
 from .config import Config
@@ -33,7 +34,7 @@ from .decision import Decision, Reason, decide
 from .observe import Metrics, RequestLog, access_logger, method_label
 from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
-from .routes import Action, PathError, Protocol, canonical_path, match, repo_ref, split_path
+from .routes import Action, PathError, Protocol, RouteMatch, canonical_path, match, repo_ref, split_path
 from .store import Store, StoreUnavailable, TargetRef, connect, token_digest
 
 
@@ -251,25 +252,40 @@ async def registry_token(request: web.Request) -> web.Response:
     return registry.token_response(issuer.mint(digest, access, now), issuer.ttl, now)
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
-    """Route, authenticate, authorize, then proxy or deny one gateway request."""
+@dataclass(frozen=True)
+class Verdict:
+    """One evaluated request: where it goes, what carried the token, and the decision."""
+
+    matched: RouteMatch
+    decision: Decision
+    credential: Credential | None
+    body: Any = None  # the trigger form without its token, when one was read
+
+
+async def evaluate(
+    request: web.Request, method: str, target: str, query: MultiMapping[str], read_body: bool = True
+) -> Verdict | web.Response:
+    """Normalize, route, authenticate and authorize `method target`; an early answer or a verdict.
+
+    `target` is the raw path and query of the request being judged: the request's own for
+    the gateway, the original request's in forward-auth mode (`read_body` False there).
+    """
     app, entry = request.app, request[REQUEST_LOG]
-    runtime, metrics = app[RUNTIME], app[METRICS]
-    config = runtime.config
+    config, metrics = app[RUNTIME].config, app[METRICS]
     try:
-        segments = split_path(request.raw_path.partition("?")[0])
+        segments = split_path(target.partition("?")[0])
     except PathError as exc:
         return responses.bad_request(str(exc))
-    matched = match(request.method, segments, request.query)
+    matched = match(method, segments, query)
     if matched is None:
         return responses.not_found()
     route = matched.route
     entry.route = route.name
     is_registry = route.protocol is Protocol.REGISTRY
     try:
-        form, body = await _trigger_form(request) if route.token_param else ({}, None)
+        form, body = await _trigger_form(request) if route.token_param and read_body else ({}, None)
         credential = extract_credential(
-            request.headers, request.query, token_param=route.token_param, form=form,
+            request.headers, query, token_param=route.token_param, form=form,
             bearer=not is_registry, max_length=config.max_token_length,
         )
     except CredentialError as exc:
@@ -291,10 +307,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
         wanted = registry.ACTION_NAMES.get(route.action.name, "") if route.action else ""
         scope = f"repository:{repository}:{wanted}" if repository and wanted else None
         return responses.denial(decision, route.protocol, config.explain, _realm(request, config), scope)
+    return Verdict(matched, decision, credential, body)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Route, authenticate, authorize, then proxy or deny one gateway request."""
+    verdict = await evaluate(request, request.method, request.raw_path, request.query)
+    if isinstance(verdict, web.Response):
+        return verdict
+    app, entry = request.app, request[REQUEST_LOG]
+    runtime, metrics = app[RUNTIME], app[METRICS]
+    route, credential, decision = verdict.matched.route, verdict.credential, verdict.decision
     if route.local == "job":
         return job_json(decision)
-
-    upstream = config.upstreams.get(route.upstream)
+    upstream = runtime.config.upstreams.get(route.upstream)
     if upstream is None:
         return responses.not_found()
     entry.upstream = upstream.name
@@ -302,14 +328,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
     secret_params = {JOB_TOKEN_PARAM, TOKEN_PARAM} if route.token_param else {JOB_TOKEN_PARAM}
     forward = Forward(
         upstream=upstream,
-        path=upstream.upstream_path(canonical_path(segments)),
+        path=upstream.upstream_path(canonical_path(verdict.matched.segments)),
         query=filter_query(
             request.raw_path.partition("?")[2],
             set(route.strip_query) if pass_token else secret_params | set(route.strip_query),
         ),
         drop_headers=frozenset() if pass_token else _credential_headers(credential),
         identity=_identity(decision, route.pipeline_source),
-        body=body,
+        body=verdict.body,
     )
     transfer = Transfer()
     started = time.perf_counter()
@@ -326,6 +352,42 @@ async def handle(request: web.Request) -> web.StreamResponse:
         metrics.bytes.labels(upstream.name, "up").inc(transfer.sent)
         metrics.bytes.labels(upstream.name, "down").inc(transfer.received)
         entry.bytes_in, entry.bytes_out = transfer.sent, transfer.received
+
+
+FORWARD_AUTH_PATH = "/-/auth"
+
+
+async def forward_auth(request: web.Request) -> web.StreamResponse:
+    """Forward-auth mode: judge the original request a proxy describes, forward nothing.
+
+    nginx `auth_request` sends `X-Original-Method`/`X-Original-URI`; Traefik ForwardAuth
+    `X-Forwarded-Method`/`X-Forwarded-Uri`; Envoy ext_authz (HTTP) the original method
+    with the original path after `/-/auth` (its `path_prefix`). Allowed: 200 with the
+    identity headers. Denied: the gateway's own denial, except that nginx gets 403 for it
+    (auth_request treats any status but 2xx/401/403 as an error; the shipped nginx snippet
+    turns 403 back into the uniform 404).
+    """
+    headers = request.headers
+    nginx = "X-Original-URI" in headers
+    if nginx:
+        method, target = headers.get("X-Original-Method", "GET"), headers["X-Original-URI"]
+    elif "X-Forwarded-Uri" in headers:
+        method, target = headers.get("X-Forwarded-Method", "GET"), headers["X-Forwarded-Uri"]
+    else:
+        method, target = request.method, request.raw_path.removeprefix(FORWARD_AUTH_PATH) or "/"
+    method = method.upper()
+    if not target.startswith("/"):
+        return responses.bad_request("the original URI must be a path")
+    query: MultiMapping[str] = MultiDict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
+    verdict = await evaluate(request, method, target, query, read_body=False)
+    if isinstance(verdict, web.Response):
+        if nginx and verdict.status not in (200, 401):
+            return web.Response(status=403, body=verdict.body, content_type="application/json")
+        return verdict
+    route = verdict.matched.route
+    identity = _identity(verdict.decision, route.pipeline_source)
+    identity["X-Jobgate-Route"] = route.name
+    return web.Response(status=200, headers=identity)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -353,5 +415,7 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
     )
     app.cleanup_ctx.extend([_store_ctx, _sessions_ctx])
     app.router.add_get("/jwt/auth", registry_token)
+    app.router.add_route("*", FORWARD_AUTH_PATH, forward_auth)
+    app.router.add_route("*", FORWARD_AUTH_PATH + "/{tail:.*}", forward_auth)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app

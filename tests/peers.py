@@ -287,3 +287,44 @@ def npm(
            "NPM_CONFIG_CACHE": str(root / "npm-cache"), "NPM_CONFIG_UPDATE_NOTIFIER": "false"}  # fmt: skip
     return subprocess.run([require("npm", "npm"), *args], cwd=cwd or root, env=env, capture_output=True,
                           text=True, timeout=180)  # fmt: skip
+
+
+class NginxServer(ServerProcess):
+    """nginx (nginx-light) with its own pid, logs and temp paths; `server_body` is one server{} body.
+
+    `server_body` may use `{port}` for the port it listens on.
+    """
+
+    name = "nginx"
+    probe = "/-/nginx-up"
+
+    def __init__(self, root: Path, server_body: str) -> None:
+        super().__init__(root)
+        self.server_body = server_body
+
+    def command(self) -> list[str]:
+        temp = self.root / "tmp"
+        temp.mkdir(exist_ok=True)
+        paths = "\n".join(
+            f"  {kind}_temp_path {temp}/{kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        conf = self.root / "nginx.conf"
+        conf.write_text(
+            f"""daemon off;
+worker_processes 1;
+pid {self.root}/nginx.pid;
+error_log {self.root}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+{paths}
+  server {{
+    listen 127.0.0.1:{self.port};
+    location = /-/nginx-up {{ return 200 "up"; }}
+{self.server_body.replace("{port}", str(self.port))}
+  }}
+}}
+"""
+        )
+        return [require("nginx", "nginx-light"), "-e", f"{self.root}/error.log", "-c", str(conf)]
