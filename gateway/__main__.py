@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import os
+import shutil
 import sys
+import tempfile
 
 from .admin import add_admin_parser, admin_main
 from .config import ConfigError, load_config
@@ -17,6 +19,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway, admin and metrics listeners")
     serve.add_argument("--config", required=True)
+    serve.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1,
+        help="gateway processes sharing the port (SO_REUSEPORT); default: one per core",
+    )
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("--config", required=True)
     add_admin_parser(sub)
@@ -36,15 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"{args.config}: ok ({len(config.upstreams)} upstreams)")
         return 0
+    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # before prometheus_client is imported: workers' metrics meet in this directory
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="jobgate-metrics-")
     from .observe import setup_logging
-    from .server import serve
+    from .server import run
 
     setup_logging()
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(serve(config, args.config))
-    return uvloop.run(serve(config, args.config))
+        return run(config, args.config, args.workers)
+    finally:
+        if args.workers > 1:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -22,6 +23,7 @@ _SECRET_PARAMS = re.compile(
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s\"\\]*@")
 
 access_logger = logging.getLogger("jobgate.access")
+
 logger = logging.getLogger("jobgate")
 
 
@@ -78,6 +80,10 @@ class Metrics:
             "jobgate_upstream_errors_total", "Upstream failures by upstream and kind.",
             ["upstream", "kind"], registry=r,
         )
+        self.reloads = Counter(
+            "jobgate_config_reloads_total", "Config reloads (SIGHUP) by result: applied or rejected.",
+            ["result"], registry=r,
+        )
         self.redis_errors = Counter(
             "jobgate_redis_errors_total", "Redis reads that failed (answered 503).", registry=r
         )
@@ -111,6 +117,7 @@ class RequestLog:
         record: dict[str, Any] = {
             "time": round(time.time(), 3),
             "request_id": self.request_id,
+            "pid": os.getpid(),
             "remote": self.remote,
             "method": self.method,
             "path": self.path,

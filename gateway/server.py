@@ -1,32 +1,41 @@
-"""Runs the three listeners (gateway, admin, metrics), signals and the private Redis."""
+"""Runs the listeners (gateway, admin, metrics), worker processes, signals and the private Redis.
+
+One process (`--workers 1`) serves all three listeners. With N workers the parent keeps
+the admin and metrics listeners and forks N workers that share the gateway port through
+SO_REUSEPORT; their metrics meet in prometheus-client's multiprocess directory, which the
+parent's `/metrics` reads. SIGTERM drains (parent forwards it), SIGHUP reloads (likewise).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
+from collections.abc import Coroutine
 from contextlib import suppress
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .admin import build_admin
 from .app import METRICS, RUNTIME, STORE, Runtime, build_gateway
 from .config import PRIVATE_REDIS_URL, Address, Config, ConfigError, load_config
 from .devredis import RedisProcess
-from .observe import Metrics
-from .store import Store
+from .store import Store, connect
 
 log = logging.getLogger("jobgate")
 HEALTH_STORE = web.AppKey("health_store", Store)
-HEALTH_METRICS = web.AppKey("health_metrics", Metrics)
+HEALTH_REGISTRY = web.AppKey("health_registry", CollectorRegistry)
 DRAIN_SECONDS = 30.0
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[HEALTH_METRICS].registry)
+    body = generate_latest(request.app[HEALTH_REGISTRY])
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -40,11 +49,11 @@ async def _readiness(request: web.Request) -> web.Response:
     return web.json_response({"status": "redis unreachable"}, status=503)
 
 
-def build_metrics_app(store: Store, metrics: Metrics) -> web.Application:
+def build_metrics_app(store: Store, registry: CollectorRegistry) -> web.Application:
     """`/metrics`, `/-/health` (process up) and `/-/readiness` (Redis reachable)."""
     app = web.Application()
     app[HEALTH_STORE] = store
-    app[HEALTH_METRICS] = metrics
+    app[HEALTH_REGISTRY] = registry
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/-/health", _health)
     app.router.add_get("/-/readiness", _readiness)
@@ -59,11 +68,10 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def _start(app: web.Application, address: Address, **kw: object) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=DRAIN_SECONDS)
+async def _start(app: web.Application, address: Address, **kw: Any) -> web.AppRunner:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
-    await web.TCPSite(runner, address.host, address.port, **kw).start()  # type: ignore[arg-type]
+    await web.TCPSite(runner, address.host, address.port, **kw).start()
     return runner
 
 
@@ -78,12 +86,13 @@ def _close_later(session: aiohttp.ClientSession) -> None:
 
 def reload_config(app: web.Application, path: str) -> bool:
     """Validate `path` and swap it in; on any problem keep serving the old config."""
-    runtime = app[RUNTIME]
+    runtime, metrics = app[RUNTIME], app[METRICS]
     try:
         config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("reload rejected, keeping the old config: %s", problem)
+        metrics.reloads.labels("rejected").inc()
         return False
     fresh = Runtime(config)
     retired = fresh.open_sessions(runtime)
@@ -91,39 +100,149 @@ def reload_config(app: web.Application, path: str) -> bool:
     loop = asyncio.get_running_loop()
     for session in retired:  # let requests in flight on the old clients finish
         loop.call_later(DRAIN_SECONDS, _close_later, session)
+    metrics.reloads.labels("applied").inc()
     log.info("config reloaded from %s", path)
     return True
 
 
-async def serve(config: Config, config_path: str) -> int:
-    """Serve until SIGTERM/SIGINT, draining in-flight requests; SIGHUP reloads the config."""
-    private = None
-    if config.redis.url is None:
-        port = int(PRIVATE_REDIS_URL.rsplit(":", 1)[1].split("/")[0])
-        private = await asyncio.to_thread(RedisProcess(port).start)
-        log.info("started a private redis-server at %s", private.url)
-    metrics = Metrics()
-    gateway = build_gateway(config, metrics)
-    runners = [await _start(gateway, config.listen, ssl_context=_tls_context(config))]
-    store = gateway[STORE]
-    if config.admin_listen and config.admin_token:
-        runners.append(await _start(build_admin(store, config.admin_token), config.admin_listen))
-    if config.metrics_listen:
-        runners.append(await _start(build_metrics_app(store, gateway[METRICS]), config.metrics_listen))
-    log.info("jobgate listening on %s", config.listen)
+def _multiprocess_registry() -> CollectorRegistry:
+    from prometheus_client import multiprocess
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(gateway, config_path))
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+async def serve(config: Config, config_path: str, *, gateway: bool = True, control: bool = True,
+                reuse_port: bool = False, stop: asyncio.Event | None = None) -> int:  # fmt: skip
+    """Serve the gateway and/or the control listeners until SIGTERM/SIGINT, then drain.
+
+    With `stop` given, the caller owns the signals and sets it to stop.
+    """
+    runners: list[web.AppRunner] = []
+    app: web.Application | None = None
+    if gateway:
+        app = build_gateway(config)
+        runners.append(
+            await _start(app, config.listen, ssl_context=_tls_context(config), reuse_port=reuse_port or None)
+        )
+        store = app[STORE]
+        registry = app[METRICS].registry
+    else:
+        store = Store(connect(config.redis.effective_url, config.redis.timeout), config.redis.key_prefix)
+        registry = _multiprocess_registry()
+    if control and config.admin_listen and config.admin_token:
+        runners.append(await _start(build_admin(store, config.admin_token), config.admin_listen))
+    if control and config.metrics_listen:
+        runners.append(await _start(build_metrics_app(store, registry), config.metrics_listen))
+    if gateway:
+        log.info("jobgate listening on %s (pid %d)", config.listen, os.getpid())
+
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        if app is not None:
+            gateway_app = app
+            loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(gateway_app, config_path))
     try:
         await stop.wait()
         log.info("draining in-flight requests")
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
-        if private is not None:
-            with suppress(Exception):
-                await asyncio.to_thread(private.stop)
+        if app is None:
+            await store.close()
     return 0
+
+
+def _run(coroutine: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
+
+
+def _spawn_worker(config: Config, config_path: str) -> int:
+    pid = os.fork()
+    if pid == 0:  # the worker: the gateway listener only, sharing the port
+        code = 1
+        try:
+            code = _run(serve(config, config_path, control=False, reuse_port=True))
+        finally:
+            os._exit(code)
+    return pid
+
+
+async def _supervise(config: Config, config_path: str, workers: list[int]) -> int:
+    """The parent of N workers: control listeners, signal forwarding, exit when one dies."""
+    loop = asyncio.get_running_loop()
+    forward = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGTERM, signal.SIGHUP: signal.SIGHUP}
+    stop = asyncio.Event()
+    control = asyncio.ensure_future(serve(config, config_path, gateway=False, stop=stop))
+    for received, sent in forward.items():
+        loop.add_signal_handler(received, _forwarder(workers, sent, stop if sent is signal.SIGTERM else None))
+    code = 0
+    while not stop.is_set():
+        await asyncio.sleep(0.2)
+        for pid in list(workers) if not stop.is_set() else []:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                workers.remove(pid)
+                _mark_dead(pid)
+                log.error("worker %d exited (status %d): stopping", pid, status)
+                code = 1
+                stop.set()
+                _forwarder(workers, signal.SIGTERM, None)()
+    deadline = loop.time() + DRAIN_SECONDS + 5
+    while workers and loop.time() < deadline:
+        for pid in list(workers):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                workers.remove(pid)
+                _mark_dead(pid)
+                code = code or (1 if os.waitstatus_to_exitcode(status) else 0)
+        await asyncio.sleep(0.1)
+    for pid in workers:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    await control
+    return code
+
+
+def _mark_dead(pid: int) -> None:
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def _forwarder(workers: list[int], sig: signal.Signals, stop: asyncio.Event | None) -> Any:
+    def forward() -> None:
+        if stop is not None:
+            stop.set()
+        for pid in workers:
+            with suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    return forward
+
+
+def run(config: Config, config_path: str, workers: int) -> int:
+    """`jobgate serve`: one process, or a parent with `workers` forked gateway workers."""
+    private = None
+    if config.redis.url is None:
+        port = int(PRIVATE_REDIS_URL.rsplit(":", 1)[1].split("/")[0])
+        private = RedisProcess(port).start()
+        log.info("started a private redis-server at %s", private.url)
+    try:
+        if workers <= 1:
+            return _run(serve(config, config_path))
+        pids = [_spawn_worker(config, config_path) for _ in range(workers)]
+        log.info("started %d workers on %s: %s", workers, config.listen, pids)
+        return _run(_supervise(config, config_path, pids))
+    finally:
+        if private is not None:
+            private.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from aiohttp import web
@@ -11,6 +12,7 @@ BLOCK = b"\0" * (1 << 20)
 
 async def download(request: web.Request) -> web.StreamResponse:
     size = int(request.query.get("size", "0"))
+    await asyncio.sleep(float(request.query.get("delay", "0")))
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = size
     await response.prepare(request)

@@ -36,8 +36,11 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: fl
 class JobgateProcess:
     """`jobgate serve` in a subprocess on free ports, with its stderr captured to a file."""
 
-    def __init__(self, directory: Path, redis_url: str, upstreams: dict[str, str], **extra: Any) -> None:
+    def __init__(
+        self, directory: Path, redis_url: str, upstreams: dict[str, str], workers: int = 1, **extra: Any
+    ) -> None:
         self.directory = directory
+        self.workers = workers
         self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
         self.config = {
             "listen": f"127.0.0.1:{self.port}",
@@ -65,7 +68,8 @@ class JobgateProcess:
         self.config_path.write_text(yaml.safe_dump(self.config))
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
+                 "--workers", str(self.workers)],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_http(f"http://127.0.0.1:{self.metrics_port}/-/health", self.process, self.log_path)
