@@ -21,6 +21,9 @@ import yaml
 #: Where `jobgate serve` starts its private redis-server when no `redis.url` is set.
 PRIVATE_REDIS_URL = "redis://127.0.0.1:6479/0"
 
+#: Redis URL schemes: plain, TLS, socket, Redis Cluster and Redis Sentinel.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
+
 #: The upstream names the route table refers to.
 UPSTREAM_NAMES = (
     "api",
@@ -261,8 +264,8 @@ class _Reader:
 
     def redis_url(self, key: str, raw: Any) -> str | None:
         text = str(raw)
-        if urlsplit(text).scheme not in ("redis", "rediss", "unix", "redis+sentinel"):
-            self.problem(key, f"expected a redis://, rediss:// or unix:// URL, got {text!r}")
+        if urlsplit(text).scheme not in REDIS_SCHEMES:
+            self.problem(key, f"expected a {', '.join(s + '://' for s in REDIS_SCHEMES)} URL, got {text!r}")
             return None
         return text
 

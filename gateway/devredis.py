@@ -23,8 +23,11 @@ def free_port() -> int:
 class RedisProcess:
     """redis-server on 127.0.0.1:`port`, nothing saved to disk, stopped with the owner."""
 
-    def __init__(self, port: int | None = None, directory: str | Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, directory: str | Path | None = None, extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
+        self.extra = extra
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="jobgate-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -43,7 +46,7 @@ class RedisProcess:
         log = self.directory / "redis.log"
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory), "--logfile", str(log)],
+             "--appendonly", "no", "--dir", str(self.directory), "--logfile", str(log), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout

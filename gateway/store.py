@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -372,7 +373,12 @@ def parse_access(raw: Sequence[Any]) -> AccessState:
 
 
 def connect(url: str, timeout: float) -> aioredis.Redis | RedisCluster:
-    """A Redis client for a plain URL, or a cluster client for `redis+cluster://`."""
+    """A Redis client for a URL.
+
+    `redis://`, `rediss://`, `unix://` as redis-py reads them; `redis+cluster://host:port`
+    (any node) for Redis Cluster; `redis+sentinel://host:port,host:port/<master name>[/db]`
+    for Redis Sentinel.
+    """
     options: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
@@ -380,6 +386,15 @@ def connect(url: str, timeout: float) -> aioredis.Redis | RedisCluster:
     }
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+    if url.startswith("redis+sentinel://"):
+        from redis.asyncio.sentinel import Sentinel
+
+        parts = urlsplit(url)
+        hosts = [h.rpartition(":") for h in parts.netloc.rpartition("@")[2].split(",")]
+        service, _, db = parts.path.strip("/").partition("/")
+        sentinel = Sentinel([(h, int(p or 26379)) for h, _, p in hosts], **options)  # type: ignore[no-untyped-call]
+        master: aioredis.Redis = sentinel.master_for(service, db=int(db or 0), password=parts.password)
+        return master
     return aioredis.from_url(url, **options)
 
 
