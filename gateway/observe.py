@@ -65,7 +65,7 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
         self.upstream_seconds = Histogram(
-            "jobgate_upstream_duration_seconds", "Time until the upstream's response headers.",
+            "jobgate_upstream_duration_seconds", "Time of the upstream exchange, to the last byte.",
             ["upstream"], registry=r,
         )
         self.in_flight = Gauge(
