@@ -10,6 +10,7 @@ import tempfile
 
 from .admin import add_admin_parser, admin_main
 from .config import ConfigError, load_config
+from .explain import add_explain_parser, explain_main
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file and exit")
     check.add_argument("--config", required=True)
     add_admin_parser(sub)
+    add_explain_parser(sub)
     return parser
 
 
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "admin":
         return admin_main(args)
+    if args.command == "explain":
+        return explain_main(args)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

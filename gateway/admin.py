@@ -25,11 +25,12 @@ import hmac
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from .config import PRIVATE_REDIS_URL, ConfigError, load_config
+from .config import PRIVATE_REDIS_URL, ConfigError, ScopeConfig, load_config
 from .store import FINISH_STATUSES, VISIBILITIES, ControlError, Store, StoreUnavailable, connect
 
 ADMIN_STORE = web.AppKey("admin_store", Store)
@@ -339,20 +340,36 @@ async def _run_admin(store: Store, args: argparse.Namespace) -> str:
     return "trigger token revoked"
 
 
+@dataclass(frozen=True)
+class CliSettings:
+    """What a CLI command needs from `--config F` or `--redis-url URL`."""
+
+    redis_url: str
+    key_prefix: str = "{jobgate}:"
+    timeout: float = 5.0
+    scope: ScopeConfig = field(default_factory=ScopeConfig)
+
+
+def cli_settings(args: argparse.Namespace) -> CliSettings:
+    """Settings from `--config` (ConfigError on a bad file) or `--redis-url`, else the private Redis."""
+    if args.config:
+        config = load_config(args.config)
+        redis = config.redis
+        return CliSettings(redis.effective_url, redis.key_prefix, redis.timeout, config.scope)
+    return CliSettings(args.redis_url or PRIVATE_REDIS_URL)
+
+
 def admin_main(args: argparse.Namespace) -> int:
     """Run one `jobgate admin` command; exit 0, or 1 with the reason on stderr."""
-    url, prefix, timeout = args.redis_url, "{jobgate}:", 5.0
-    if args.config:
-        try:
-            config = load_config(args.config)
-        except ConfigError as exc:
-            print("\n".join(exc.problems), file=sys.stderr)
-            return 2
-        url, prefix, timeout = config.redis.effective_url, config.redis.key_prefix, config.redis.timeout
-    url = url or PRIVATE_REDIS_URL
+    try:
+        settings = cli_settings(args)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    url = settings.redis_url
 
     async def run() -> str:
-        store = Store(connect(url, timeout), prefix)
+        store = Store(connect(url, settings.timeout), settings.key_prefix)
         try:
             return await _run_admin(store, args)
         finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -73,30 +74,53 @@ class Decision:
         return self.state.target if self.state else None
 
 
-def policy_grants(policies: frozenset[str], needed: str | None) -> bool:
+def policy_grants(policies: frozenset[str], needed: str) -> bool:
     """True when the fine-grained policies include `needed`; `admin_x` implies `read_x`."""
-    if needed is None:
-        return False
     if needed in policies:
         return True
     return needed.startswith("read_") and "admin_" + needed.removeprefix("read_") in policies
 
 
-def _token_validity(state: AccessState, now: float) -> Reason | None:
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One rule a decision looked at, for `jobgate explain`: what it saw and whether it held."""
+
+    rule: str
+    passed: bool
+    detail: str
+
+
+class _Trace:
+    """Collects checks when explaining; costs one attribute test per rule otherwise."""
+
+    def __init__(self, checks: list[Check] | None) -> None:
+        self.checks = checks
+
+    def __call__(self, rule: str, passed: bool, detail: Callable[[], object]) -> bool:
+        if self.checks is not None:
+            self.checks.append(Check(rule, passed, str(detail())))
+        return passed
+
+
+def _token_validity(state: AccessState, now: float, check: _Trace) -> Reason | None:
     """Why the token cannot act at all, or None while it is live."""
-    if state.kind is TokenKind.UNKNOWN:
+    if not check("token known", state.kind is not TokenKind.UNKNOWN, lambda: state.kind.value):
         return Reason.UNKNOWN_TOKEN
     job = state.job
     if job is not None:
-        if job.status not in EXECUTING_STATUSES:
+        running = job.status in EXECUTING_STATUSES
+        if not check("job running", running, lambda: f"job {job.id} is {job.status}"):
             return Reason.JOB_NOT_RUNNING
-        if job.erased:
+        if not check("job not erased", not job.erased, lambda: "erased" if job.erased else "not erased"):
             return Reason.JOB_ERASED
-        if now >= job.expires_at:
+        left = job.expires_at - now
+        if not check("token not expired", left > 0, lambda: f"{left:.0f} s left"):
             return Reason.TOKEN_EXPIRED
-    if state.source is None:
+    source = state.source
+    if not check("source project exists", source is not None, lambda: source.path if source else "missing"):
         return Reason.PROJECT_NOT_FOUND
-    if state.source.pending_delete:
+    assert source is not None
+    if not check("source project not pending deletion", not source.pending_delete, lambda: source.path):
         return Reason.PROJECT_PENDING_DELETE
     return None
 
@@ -105,16 +129,24 @@ _DEFAULT_SCOPE = ScopeConfig()
 
 
 def decide(
-    action: Action | None, state: AccessState, now: float, scope: ScopeConfig = _DEFAULT_SCOPE
+    action: Action | None,
+    state: AccessState,
+    now: float,
+    scope: ScopeConfig = _DEFAULT_SCOPE,
+    checks: list[Check] | None = None,
 ) -> Decision:
     """Allow or deny one request of `action` given the looked-up `state` at time `now`.
 
-    `action` None means a request about the job itself (`GET /api/v4/job`).
+    `action` None means a request about the job itself (`GET /api/v4/job`). When `checks`
+    is a list, every rule looked at is appended to it (the same code path decides).
     """
-    invalid = _token_validity(state, now)
+    check = _Trace(checks)
+    invalid = _token_validity(state, now, check)
     if invalid is not None:
         return Decision(invalid, state, action)
-    if state.kind is TokenKind.TRIGGER and (action is None or not action.trigger_token):
+    trigger = state.kind is TokenKind.TRIGGER
+    if trigger and not check("trigger token may do this", action is not None and action.trigger_token,
+                             lambda: action.name if action else "job lookup"):  # fmt: skip
         return Decision(Reason.TRIGGER_TOKEN_NOT_ALLOWED, state, action)
     if action is None:
         return Decision(Reason.JOB_ONLY, state, action)
@@ -124,32 +156,53 @@ def decide(
 
     source, target = state.source, state.target
     assert source is not None
-    if target is None:
+    if not check("target project exists", target is not None, lambda: target.path if target else "none"):
         return verdict(Reason.PROJECT_NOT_FOUND)
-    if target.pending_delete:
+    assert target is not None
+    if not check("target project not pending deletion", not target.pending_delete, lambda: target.path):
         return verdict(Reason.PROJECT_PENDING_DELETE)
-    if action.denied_to_job_tokens:
+    if not check("action allowed to job tokens", not action.denied_to_job_tokens, lambda: action.name):
         return verdict(Reason.ACTION_NOT_ALLOWED)
     open_read = action.read and target.visibility in ("public", "internal")
     has_role = open_read or state.access_level >= action.min_level
 
+    def role() -> str:
+        if open_read:
+            return f"{action.name} of a {target.visibility} project needs no role"
+        return f"user {state.user_id}: level {state.access_level}, {action.name} needs {action.min_level}"
+
     if target.id == source.id:
-        return verdict(Reason.SAME_PROJECT if has_role else Reason.INSUFFICIENT_ROLE)
-    if state.kind is TokenKind.TRIGGER:
+        check("same project", True, lambda: target.path)
+        return verdict(Reason.SAME_PROJECT if check("role", has_role, role) else Reason.INSUFFICIENT_ROLE)
+    if trigger:
+        check("trigger token on its own project", False, lambda: f"{source.path} -> {target.path}")
         return verdict(Reason.TRIGGER_TOKEN_NOT_ALLOWED)
-    if action.own_project_only and not (action.in_scope_switch and scope.registry_push_in_scope):
+    own_only = action.own_project_only and not (action.in_scope_switch and scope.registry_push_in_scope)
+    if not check("not limited to the job's own project", not own_only, lambda: action.name):
         return verdict(Reason.OWN_PROJECT_ONLY)
     if open_read:
+        check("public or internal read", True, lambda: f"{target.path} is {target.visibility}")
         return verdict(Reason.PUBLIC_READ)
-    if target.visibility == "private" and source.outbound_limit and not state.in_outbound_allowlist:
+    outbound = target.visibility != "private" or not source.outbound_limit or state.in_outbound_allowlist
+    if not check("outbound scope", outbound, lambda: (
+        f"{target.path} on {source.path}'s outbound allowlist: {state.in_outbound_allowlist}"
+        if source.outbound_limit else f"{source.path} does not limit outbound access"
+    )):  # fmt: skip
         return verdict(Reason.OUTSIDE_SCOPE)
     inbound_enforced = target.inbound_limit or scope.enforce_inbound
-    if inbound_enforced and state.inbound_entry is None:
-        return verdict(Reason.OUTSIDE_INBOUND_SCOPE)
-    if not has_role:
-        return verdict(Reason.INSUFFICIENT_ROLE)
     entry = state.inbound_entry
+    if not check("inbound scope", not inbound_enforced or entry is not None, lambda: (
+        f"{target.path}'s inbound allowlist entry for {source.path}: {entry.source if entry else 'none'}"
+        if inbound_enforced else f"{target.path} does not limit inbound access"
+    )):  # fmt: skip
+        return verdict(Reason.OUTSIDE_INBOUND_SCOPE)
+    if not check("role", has_role, role):
+        return verdict(Reason.INSUFFICIENT_ROLE)
     policies = entry.policies if inbound_enforced and entry is not None else None
-    if policies is not None and not policy_grants(policies, action.policy):
-        return verdict(Reason.POLICY_MISSING)
+    # An endpoint without a policy is one fine-grained permissions cannot control (GitLab's "None").
+    if policies is not None and action.policy is not None:
+        granted = policy_grants(policies, action.policy)
+        if not check("job token policy", granted,
+                     lambda: f"needs {action.policy}, entry has {','.join(sorted(policies))}"):  # fmt: skip
+            return verdict(Reason.POLICY_MISSING)
     return verdict(Reason.IN_SCOPE)

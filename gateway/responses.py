@@ -52,7 +52,7 @@ def explain_message(decision: Decision) -> str:
     if reason in (Reason.OUTSIDE_SCOPE, Reason.OUTSIDE_INBOUND_SCOPE, Reason.OWN_PROJECT_ONLY):
         return f"Authentication by CI/CD job token not allowed from {source} to {target}."
     if reason is Reason.POLICY_MISSING and decision.action:
-        policy = decision.action.policy or "(none: this endpoint takes no fine-grained permission)"
+        policy = decision.action.policy
         return (
             f"Insufficient permissions to access this resource in project {target}. "
             f"The following token permission is required: {policy}."

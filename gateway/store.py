@@ -577,6 +577,14 @@ class Store:
         """Mark a job erased, which revokes its token."""
         await self._call(self._update_job, [job_id, "erased", "1"])
 
+    async def job_token_digest(self, job_id: int) -> str | None:
+        """The digest of a job's token (for `jobgate explain --job`), None for an unknown job."""
+        try:
+            digest = await self.client.hget(f"{self.prefix}job:{job_id}", "tok")
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        return _text(digest) if digest else None
+
     async def get_job(self, job_id: int) -> dict[str, str] | None:
         """A job's recorded fields, for the admin API."""
         try:

@@ -150,6 +150,12 @@ RULES = [
      Reason.INSUFFICIENT_ROLE),
     ("policy_does_not_limit_own_project", PUSH_PACKAGE, state(level=30), None,
      Reason.SAME_PROJECT),
+    ("policy_cannot_control_an_endpoint_without_one", TRIGGER_PIPELINE,
+     state(PRIVATE, 30, entry=InboundEntry("p:1", frozenset({"read_releases"}))), None,
+     Reason.IN_SCOPE),
+    ("policy_ignored_when_inbound_limit_off", PUSH_PACKAGE,
+     state(OPEN_PRIVATE, 30, entry=InboundEntry("p:1", frozenset({"read_releases"}))), None,
+     Reason.IN_SCOPE),
 ]  # fmt: skip
 
 
@@ -208,8 +214,7 @@ def test_job_endpoint_needs_only_a_live_job() -> None:
         ({"admin_packages"}, "read_packages", True),
         ({"read_packages"}, "admin_packages", False),
         ({"admin_releases"}, "read_packages", False),
-        ({"read_packages"}, None, False),
     ],
 )
-def test_policy_grants(policies: set[str], needed: str | None, granted: bool) -> None:
+def test_policy_grants(policies: set[str], needed: str, granted: bool) -> None:
     assert policy_grants(frozenset(policies), needed) is granted

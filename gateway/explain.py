@@ -1,0 +1,101 @@
+"""`jobgate explain`: why a job's request would be allowed or denied, rule by rule.
+
+It routes the request, reads the same state and runs the same decide() as the gateway
+(with its trace on), and sends nothing upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from .admin import cli_settings
+from .config import ConfigError, ScopeConfig
+from .decision import Check, Decision, decide
+from .responses import explain_message
+from .routes import PathError, match, split_path
+from .store import ControlError, Store, StoreUnavailable, connect, token_digest
+
+
+def add_explain_parser(sub: Any) -> None:
+    """`jobgate explain [--config F | --redis-url URL] (--job ID | --token T) METHOD URL`."""
+    explain = sub.add_parser("explain", help="show why a job's request is allowed or denied")
+    where = explain.add_mutually_exclusive_group()
+    where.add_argument("--config", help="read Redis settings and scope switches from this config file")
+    where.add_argument("--redis-url", help="Redis URL (default: the config's, or the private one)")
+    who = explain.add_mutually_exclusive_group(required=True)
+    who.add_argument("--job", type=int, help="the job whose token makes the request")
+    who.add_argument("--token", help="the token itself (job or trigger token)")
+    explain.add_argument("method", help="HTTP method, e.g. GET")
+    explain.add_argument("url", help="the request URL or path, e.g. /api/v4/projects/2/packages/...")
+
+
+def render(method: str, path: str, route_line: str, decision: Decision, checks: list[Check]) -> str:
+    """The explanation as text: the route, every check, the decision and what the client sees."""
+    lines = [f"request   {method} {path}", f"route     {route_line}"]
+    for check in checks:
+        lines.append(f"  {'PASS' if check.passed else 'FAIL'}  {check.rule}: {check.detail}")
+    verdict = "ALLOW" if decision.allowed else "DENY"
+    lines.append(f"decision  {verdict} ({decision.reason.value})")
+    if not decision.allowed:
+        lines.append('client    404 {"message":"404 Not Found"}')
+        lines.append(f"explain   403 {explain_message(decision)}")
+    return "\n".join(lines)
+
+
+async def _explain(store: Store, args: argparse.Namespace, scope: ScopeConfig) -> tuple[int, str]:
+    parts = urlsplit(args.url)
+    method = args.method.upper()
+    try:
+        segments = split_path(parts.path or "/")
+    except PathError as exc:
+        return 2, f"request   {method} {parts.path}\ndecision  400 ({exc})"
+    matched = match(method, segments, dict(parse_qsl(parts.query)))
+    if matched is None:
+        return 1, f"request   {method} {parts.path}\nroute     none (unlisted)\ndecision  DENY (404)"
+    if args.job is not None:
+        digest = await store.job_token_digest(args.job)
+        if digest is None:
+            raise ControlError(f"job {args.job} does not exist")
+    else:
+        digest = token_digest(args.token)
+    state = await store.read_access_digest(digest, matched.target)
+    checks: list[Check] = []
+    decision = decide(matched.route.action, state, time.time(), scope, checks)
+    action = matched.route.action
+    route_line = matched.route.name + (
+        f" (action {action.name}, needs level {action.min_level}, policy {action.policy or 'none'}, "
+        f"upstream {matched.route.upstream})" if action else " (about the job itself)"
+    )  # fmt: skip
+    return (0 if decision.allowed else 1), render(method, parts.path, route_line, decision, checks)
+
+
+def explain_main(args: argparse.Namespace) -> int:
+    """Print the explanation; exit 0 when allowed, 1 when denied, 2 on bad input, 3 Redis down."""
+    try:
+        settings = cli_settings(args)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+
+    async def run() -> tuple[int, str]:
+        store = Store(connect(settings.redis_url, settings.timeout), settings.key_prefix)
+        try:
+            return await _explain(store, args, settings.scope)
+        finally:
+            await store.close()
+
+    try:
+        code, text = asyncio.run(run())
+    except ControlError as exc:
+        print(f"jobgate explain: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"jobgate explain: Redis is unreachable ({exc})", file=sys.stderr)
+        return 3
+    print(text)
+    return code
