@@ -9,6 +9,7 @@ layout. HTTP API (bearer admin token, JSON bodies, on `admin_listen`):
     DELETE /admin/v1/projects/{source}/allowlist/{target}
     PUT    /admin/v1/projects/{target}/inbound/{source}  {policies: [...]} (absent: default)
     DELETE /admin/v1/projects/{target}/inbound/{source}  (source: id or URL-encoded group path)
+    GET    /admin/v1/projects/{target}/inbound-suggestions  (from the authentication log)
     POST   /admin/v1/jobs                             {id, project, user, pipeline, name, ref, timeout}
     GET    /admin/v1/jobs/{id}
     POST   /admin/v1/jobs/{id}/finish                 {status}
@@ -159,6 +160,10 @@ async def _inbound(request: web.Request) -> web.Response:
     return web.json_response({"target": target, "source": entry, "present": present})
 
 
+async def _suggest(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[ADMIN_STORE].suggest_inbound(_path_id(request, "id")))
+
+
 async def _start_job(request: web.Request) -> web.Response:
     body = await _body(request)
     timeout = body.get("timeout", 3600)
@@ -227,6 +232,7 @@ def build_admin(store: Store, admin_token: str) -> web.Application:
     app.router.add_put(p + "/members/{user}", _put_member)
     app.router.add_route("PUT", p + "/allowlist/{target}", _allowlist)
     app.router.add_route("DELETE", p + "/allowlist/{target}", _allowlist)
+    app.router.add_get(p + "/inbound-suggestions", _suggest)
     app.router.add_route("PUT", p + "/inbound/{source:.+}", _inbound)
     app.router.add_route("DELETE", p + "/inbound/{source:.+}", _inbound)
     app.router.add_post("/admin/v1/jobs", _start_job)
@@ -276,6 +282,10 @@ def add_admin_parser(sub: Any) -> None:
         p.add_argument("target_id", type=int)
 
     inbound = nouns.add_parser("inbound").add_subparsers(dest="verb", required=True)
+    suggest = inbound.add_parser(
+        "suggest", help="projects that reached TARGET with a job token (the authentication log)"
+    )
+    suggest.add_argument("target_id", type=int)
     for verb in ("add", "remove"):
         p = inbound.add_parser(verb, help=f"{verb} SOURCE on TARGET's inbound allowlist")
         p.add_argument("target_id", type=int)
@@ -319,6 +329,13 @@ async def _run_admin(store: Store, args: argparse.Namespace) -> str:
     if noun == "allowlist":
         await store.set_outbound(args.source_id, args.target_id, verb == "add")
         return f"outbound {verb}: {args.source_id} -> {args.target_id}"
+    if noun == "inbound" and verb == "suggest":
+        lines = []
+        for item in await store.suggest_inbound(args.target_id):
+            routes = ",".join(f"{r}={n}" for r, n in sorted(item["routes"].items()))
+            state = f"covered by {item['covered_by']}" if item["covered_by"] else "not on the list"
+            lines.append(f"{item['source']}\t{item['path'] or '?'}\t{routes}\t{state}")
+        return "\n".join(lines) or f"no project has reached project {args.target_id} with a job token"
     if noun == "inbound":
         policies = args.policies.split(",") if getattr(args, "policies", None) else None
         entry = await store.set_inbound(args.target_id, args.source, verb == "add", policies)

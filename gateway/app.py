@@ -6,6 +6,8 @@ A request walks: request id -> access log -> metrics -> normalize + route -> cre
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -55,7 +57,41 @@ class Runtime:
         return [s for name, s in kept.items() if self.sessions.get(name) is not s]
 
 
+class AccessRecorder:
+    """Writes the authentication log (cross-project accesses) off the request path.
+
+    Each (target, source, route) is written at most once a minute per process, in a
+    background task: the request never waits for it and a failure only skips a count.
+    """
+
+    PERIOD = 60.0
+
+    def __init__(self) -> None:
+        self._recent: dict[tuple[int, int, str], float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def note(self, store: Store, decision: Decision, route: str) -> None:
+        source, target = decision.source, decision.target
+        if source is None or target is None or source.id == target.id:
+            return
+        key, now = (target.id, source.id, route), time.monotonic()
+        if self._recent.get(key, 0.0) > now:
+            return
+        if len(self._recent) > 10_000:
+            self._recent = {k: v for k, v in self._recent.items() if v > now}
+        self._recent[key] = now + self.PERIOD
+        task = asyncio.ensure_future(self._write(store, *key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _write(store: Store, target: int, source: int, route: str) -> None:
+        with contextlib.suppress(StoreUnavailable):
+            await store.record_access(target, source, route)
+
+
 RUNTIME = web.AppKey("runtime", Runtime)
+RECORDER = web.AppKey("access_recorder", AccessRecorder)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 ISSUER = web.AppKey("registry_issuer", registry.TokenIssuer)
@@ -307,6 +343,7 @@ async def evaluate(
         wanted = registry.ACTION_NAMES.get(route.action.name, "") if route.action else ""
         scope = f"repository:{repository}:{wanted}" if repository and wanted else None
         return responses.denial(decision, route.protocol, config.explain, _realm(request, config), scope)
+    app[RECORDER].note(app[STORE], decision, route.name)
     return Verdict(matched, decision, credential, body)
 
 
@@ -409,6 +446,7 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
     """The gateway application: every path goes through `handle`."""
     app = web.Application(middlewares=[observe_middleware], client_max_size=config.max_form_body)
     app[RUNTIME] = Runtime(config)
+    app[RECORDER] = AccessRecorder()
     app[METRICS] = metrics or Metrics()
     app[ISSUER] = registry.TokenIssuer(
         config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl

@@ -18,6 +18,8 @@ key                   type    content
 ``out:<source>``      set     outbound allowlist: target project ids
 ``in:<target>``       hash    inbound allowlist: ``p:<project id>`` or ``g:<group path>``
                               -> comma-separated job token policies, ``*`` for default
+``auth:<target>``     hash    authentication log: ``<source id>|<route>`` -> count of
+                              cross-project accesses (for `inbound suggest`)
 ``events``            pubsub  ``job:<id>`` / ``prj:<id>`` / ``tok:<sha256>`` on every write
                               that can turn an allow into a deny (for caches)
 ====================  ======  ==========================================================
@@ -576,6 +578,37 @@ class Store:
     async def erase_job(self, job_id: int) -> None:
         """Mark a job erased, which revokes its token."""
         await self._call(self._update_job, [job_id, "erased", "1"])
+
+    async def record_access(self, target_id: int, source_id: int, route: str) -> None:
+        """Count one cross-project access in the target's authentication log."""
+        try:
+            await self.client.hincrby(f"{self.prefix}auth:{target_id}", f"{source_id}|{route}", 1)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
+    async def suggest_inbound(self, target_id: int) -> list[dict[str, Any]]:
+        """Projects that reached TARGET with a job token, and whether the inbound list covers them."""
+        await self._call(self._require_projects, [target_id])
+        try:
+            log = await self.client.hgetall(f"{self.prefix}auth:{target_id}")
+            entries = {_text(k) for k in await self.client.hkeys(f"{self.prefix}in:{target_id}")}
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        sources: dict[int, dict[str, Any]] = {}
+        for key, count in log.items():
+            source, _, route = _text(key).partition("|")
+            item = sources.setdefault(int(source), {"source": int(source), "routes": {}})
+            item["routes"][route] = int(count)
+        for source_id, item in sources.items():
+            path = await self.client.hget(f"{self.prefix}prj:{source_id}", "path")
+            item["path"] = _text(path) if path else None
+            groups = []
+            if item["path"]:
+                parts = item["path"].lower().split("/")[:-1]
+                groups = ["g:" + "/".join(parts[:n]) for n in range(len(parts), 0, -1)]
+            covering = [e for e in (f"p:{source_id}", *groups) if e in entries]
+            item["covered_by"] = covering[0] if covering else None
+        return sorted(sources.values(), key=lambda i: (i["covered_by"] is not None, i["source"]))
 
     async def job_token_digest(self, job_id: int) -> str | None:
         """The digest of a job's token (for `jobgate explain --job`), None for an unknown job."""
