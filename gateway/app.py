@@ -22,6 +22,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
 from . import responses
+from .cache import DecisionCache, follow_invalidations
 from .config import Config
 from .credentials import (
     JOB_TOKEN_HEADER,
@@ -92,6 +93,7 @@ class AccessRecorder:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 RECORDER = web.AppKey("access_recorder", AccessRecorder)
+CACHE = web.AppKey("decision_cache", DecisionCache)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 ISSUER = web.AppKey("registry_issuer", registry.TokenIssuer)
@@ -226,9 +228,18 @@ async def authorize(
     """Read the state the token digest names and decide; StoreUnavailable fails closed."""
     if digest is None:
         return Decision(Reason.NO_CREDENTIAL, action=action)
-    started = time.perf_counter()
-    state = await app[STORE].read_access_digest(digest, target)
-    app[METRICS].redis_seconds.observe(time.perf_counter() - started)
+    cache, metrics = app[CACHE], app[METRICS]
+    key = cache.key(digest, target)
+    state = cache.get(key)
+    if state is None:
+        generation = cache.generation
+        started = time.perf_counter()
+        state = await app[STORE].read_access_digest(digest, target)
+        metrics.redis_seconds.observe(time.perf_counter() - started)
+        cache.put(key, state, generation)
+        metrics.cache.labels("miss" if cache.available else "bypass").inc()
+    else:
+        metrics.cache.labels("hit").inc()
     return decide(action, state, time.time(), app[RUNTIME].config.scope)
 
 
@@ -435,6 +446,18 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[STORE].close()
 
 
+async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    cache = app[CACHE]
+    if not cache.enabled:
+        yield
+        return
+    follower = asyncio.ensure_future(follow_invalidations(cache, app[STORE]))
+    yield
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
+
+
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RUNTIME].open_sessions()
     yield
@@ -447,11 +470,12 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
     app = web.Application(middlewares=[observe_middleware], client_max_size=config.max_form_body)
     app[RUNTIME] = Runtime(config)
     app[RECORDER] = AccessRecorder()
+    app[CACHE] = DecisionCache(config.cache.ttl, config.cache.max_entries)
     app[METRICS] = metrics or Metrics()
     app[ISSUER] = registry.TokenIssuer(
         config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl
     )
-    app.cleanup_ctx.extend([_store_ctx, _sessions_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _sessions_ctx])
     app.router.add_get("/jwt/auth", registry_token)
     app.router.add_route("*", FORWARD_AUTH_PATH, forward_auth)
     app.router.add_route("*", FORWARD_AUTH_PATH + "/{tail:.*}", forward_auth)

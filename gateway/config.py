@@ -120,6 +120,14 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The per-process decision-input cache (invalidated through Redis pub/sub)."""
+
+    ttl: float = 5.0  # seconds; 0 turns the cache off (every decision reads Redis)
+    max_entries: int = 100_000
+
+
+@dataclass(frozen=True)
 class ScopeConfig:
     """Instance-wide switches of the job token scope."""
 
@@ -139,6 +147,7 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig]
     scope: ScopeConfig
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     admin_token: str | None = None
     explain: bool = False
     tls: TLSConfig | None = None
@@ -279,7 +288,7 @@ class _Reader:
 
 _TOP = {
     "listen", "admin_listen", "metrics_listen", "redis", "upstreams", "scope",
-    "admin_token", "explain", "tls", "limits", "public_url", "registry",
+    "admin_token", "explain", "tls", "limits", "public_url", "registry", "cache",
 }
 _UPSTREAM = {
     "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
@@ -364,6 +373,12 @@ def parse_config(
         token_ttl=r.get(gd, "registry", "token_ttl", r.count, 300),
     )
 
+    cd = r.section(top.get("cache"), "cache", {"ttl", "max_entries"})
+    cache = CacheConfig(
+        ttl=0.0 if cd.get("ttl") in (0, "0") else r.get(cd, "cache", "ttl", r.positive, 5.0),
+        max_entries=r.get(cd, "cache", "max_entries", r.count, 100_000),
+    )
+
     tls = None
     if top.get("tls") is not None:
         td = r.section(top["tls"], "tls", {"cert_file", "key_file"})
@@ -394,6 +409,7 @@ def parse_config(
         upstreams=MappingProxyType(upstreams),
         scope=scope,
         registry=registry,
+        cache=cache,
         admin_token=admin_token,
         explain=r.get(top, "", "explain", r.boolean, False),
         tls=tls,

@@ -80,6 +80,10 @@ class Metrics:
             "jobgate_upstream_errors_total", "Upstream failures by upstream and kind.",
             ["upstream", "kind"], registry=r,
         )
+        self.cache = Counter(
+            "jobgate_cache_lookups_total", "Decision-input cache lookups: hit, miss or bypass.",
+            ["result"], registry=r,
+        )
         self.reloads = Counter(
             "jobgate_config_reloads_total", "Config reloads (SIGHUP) by result: applied or rejected.",
             ["result"], registry=r,

@@ -20,8 +20,10 @@ key                   type    content
                               -> comma-separated job token policies, ``*`` for default
 ``auth:<target>``     hash    authentication log: ``<source id>|<route>`` -> count of
                               cross-project accesses (for `inbound suggest`)
-``events``            pubsub  ``job:<id>`` / ``prj:<id>`` / ``tok:<sha256>`` on every write
-                              that can turn an allow into a deny (for caches)
+``events``            pubsub  ``<event> <nonce>`` after every write that changes a decision:
+                              ``job:<id>``, ``prj:<id>``, ``tok:<sha256>``; each gateway that
+                              caches acknowledges with RPUSH ``ack:<nonce>``, and the write
+                              returns only when every subscriber has (bounded wait)
 ====================  ======  ==========================================================
 """
 
@@ -59,6 +61,7 @@ POLICY_RESOURCES = (
 )
 POLICIES = frozenset(f"{mode}_{res}" for mode in ("read", "admin") for res in POLICY_RESOURCES)
 DEFAULT_PERMISSIONS = "*"
+ANNOUNCE_WAIT = 2.0  # seconds a revoking write waits for caching gateways to acknowledge
 
 
 class StoreUnavailable(Exception):
@@ -242,7 +245,6 @@ end
 for i = 4, #ARGV, 2 do
   if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 end
-redis.call('PUBLISH', p .. 'events', 'prj:' .. id)
 return redis.call('HGETALL', key)
 """
 
@@ -265,7 +267,6 @@ local p, id = KEYS[1], ARGV[1]
 local key = p .. 'job:' .. id
 if redis.call('EXISTS', key) == 0 then return {err = 'job ' .. id .. ' does not exist'} end
 redis.call('HSET', key, ARGV[2], ARGV[3])
-redis.call('PUBLISH', p .. 'events', 'job:' .. id)
 return redis.call('HGET', key, 'status')
 """
 
@@ -284,7 +285,6 @@ local key = p .. 'tok:' .. ARGV[1]
 local value = redis.call('GET', key)
 if not value or string.sub(value, 1, 2) ~= 't:' then return 0 end
 redis.call('DEL', key)
-redis.call('PUBLISH', p .. 'events', 'tok:' .. ARGV[1])
 return 1
 """
 
@@ -439,6 +439,37 @@ class Store:
         except OSError as exc:
             raise StoreUnavailable(type(exc).__name__) from None
 
+    async def announce(self, event: str, wait: float = ANNOUNCE_WAIT) -> int:
+        """Publish `event` to caching gateways and wait (bounded) until each acknowledged it.
+
+        Returns how many acknowledged. A gateway that does not acknowledge in time has lost
+        its subscription, and a gateway without one bypasses its cache, so a write that
+        returns is in force for every request that starts after it.
+        """
+        nonce = secrets.token_hex(8)
+        ack = f"{self.prefix}ack:{nonce}"
+        try:
+            receivers = int(await self.client.publish(self.events_channel, f"{event} {nonce}"))
+            acknowledged = 0
+            deadline = time.monotonic() + wait
+            while acknowledged < receivers and (left := deadline - time.monotonic()) > 0:
+                # short blocking steps: each stays under the client's socket timeout
+                if await self.client.blpop([ack], timeout=min(max(left, 0.01), 0.25)) is not None:
+                    acknowledged += 1
+            await self.client.delete(ack)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        return acknowledged
+
+    async def acknowledge(self, nonce: str) -> None:
+        """A caching gateway's receipt of one event (see `announce`)."""
+        key = f"{self.prefix}ack:{nonce}"
+        try:
+            await self.client.rpush(key, "1")
+            await self.client.expire(key, 30)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+
     async def ping(self) -> bool:
         """True when Redis answers."""
         try:
@@ -486,6 +517,7 @@ class Store:
                 "pending_delete", _onoff(pending_delete),
             ],
         )
+        await self.announce(f"prj:{project_id}")
         it = iter(_text(v) for v in raw)
         return dict(zip(it, it, strict=True))
 
@@ -503,9 +535,9 @@ class Store:
                 await self.client.hset(key, str(user_id), str(access_level))
             else:
                 await self.client.hdel(key, str(user_id))
-                await self.client.publish(self.events_channel, f"prj:{project_id}")
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
+        await self.announce(f"prj:{project_id}")
 
     async def set_outbound(self, source_id: int, target_id: int, present: bool) -> None:
         """Add or remove TARGET on SOURCE's outbound allowlist."""
@@ -516,9 +548,9 @@ class Store:
                 await self.client.sadd(key, str(target_id))
             else:
                 await self.client.srem(key, str(target_id))
-                await self.client.publish(self.events_channel, f"prj:{source_id}")
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
+        await self.announce(f"prj:{source_id}")
 
     async def set_inbound(
         self, target_id: int, source: str, present: bool, policies: Sequence[str] | None = None
@@ -536,9 +568,9 @@ class Store:
                 await self.client.hset(key, entry, value)
             else:
                 await self.client.hdel(key, entry)
-            await self.client.publish(self.events_channel, f"prj:{target_id}")
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
+        await self.announce(f"prj:{target_id}")
         return entry
 
     async def start_job(
@@ -573,11 +605,13 @@ class Store:
         if status not in FINISH_STATUSES:
             raise ControlError(f"status must be one of {', '.join(FINISH_STATUSES)}")
         result = await self._call(self._update_job, [job_id, "status", status])
+        await self.announce(f"job:{job_id}")
         return _text(result)
 
     async def erase_job(self, job_id: int) -> None:
         """Mark a job erased, which revokes its token."""
         await self._call(self._update_job, [job_id, "erased", "1"])
+        await self.announce(f"job:{job_id}")
 
     async def record_access(self, target_id: int, source_id: int, route: str) -> None:
         """Count one cross-project access in the target's authentication log."""
@@ -638,7 +672,11 @@ class Store:
 
     async def revoke_trigger(self, token: str) -> bool:
         """Revoke a trigger token; False when no such trigger token exists."""
-        return bool(await self._call(self._revoke_trigger, [token_digest(token)]))
+        digest = token_digest(token)
+        revoked = bool(await self._call(self._revoke_trigger, [digest]))
+        if revoked:
+            await self.announce(f"tok:{digest}")
+        return revoked
 
 
 def validate_project_path(path: str) -> str:

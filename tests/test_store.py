@@ -103,13 +103,29 @@ async def test_duplicate_job_is_refused(store: Store) -> None:
         await store.start_job(100, 1, 7)
 
 
-async def test_revoking_writes_are_published(store: Store) -> None:
+async def test_revoking_writes_wait_for_subscribers_to_acknowledge(store: Store) -> None:
+    import asyncio
+
     await store.set_project(1, "group/app", "private")
     await store.start_job(100, 1, 7)
     pubsub = store.client.pubsub()
     await pubsub.subscribe(store.events_channel)
     await pubsub.get_message(timeout=1)
+    seen: list[str] = []
+
+    async def subscriber() -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message:
+                event, nonce = message["data"].decode().split()
+                seen.append(event)
+                await store.acknowledge(nonce)
+
+    task = asyncio.ensure_future(subscriber())
+    assert await store.announce("job:100") == 1
     await store.finish_job(100)
-    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
-    assert message is not None and message["data"] == b"job:100"
+    await store.set_member(1, 7, 20)  # lowering a role changes decisions too
+    assert seen == ["job:100", "job:100", "prj:1"]
+    task.cancel()
     await pubsub.aclose()
+    assert await store.announce("job:100", wait=0.3) == 0  # nobody listening: no wait

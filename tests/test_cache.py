@@ -1,0 +1,109 @@
+"""The decision cache: warm hits skip Redis, every revoking write reaches every gateway first."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from gateway.app import CACHE, METRICS, build_gateway
+
+from .conftest import RecordingUpstream, World, gateway_config
+
+PKG = "/api/v4/projects/1/packages/generic/a/1/a"
+LIB = "/api/v4/projects/2/packages/generic/b/1/b"
+
+
+async def cached_gateway(redis_url: str, upstream: RecordingUpstream, aiohttp_client: Any) -> TestClient:
+    client: TestClient = await aiohttp_client(build_gateway(gateway_config(redis_url, upstream.url)))
+    for _ in range(100):  # the invalidation subscription comes up in the background
+        if client.app[CACHE].available:
+            return client
+        await asyncio.sleep(0.02)
+    raise AssertionError("the cache never subscribed")
+
+
+def lookups(client: TestClient, result: str) -> float:
+    return client.app[METRICS].cache.labels(result)._value.get()
+
+
+async def commands(world: World) -> int:
+    stats = await world.store.client.info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+async def test_warm_cache_skips_redis_and_every_write_reaches_every_gateway(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
+) -> None:
+    first = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    second = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    headers = {"JOB-TOKEN": world.tokens["100"]}
+    for client in (first, second):
+        assert (await client.get(PKG, headers=headers)).status == 200  # cold: one read each
+    before = await commands(world)
+    for _ in range(20):
+        for client in (first, second):
+            assert (await client.get(PKG, headers=headers)).status == 200
+    assert await commands(world) == before, "a warm cache must not read Redis"
+    assert lookups(first, "hit") == 20 and lookups(first, "miss") == 1
+
+    await world.store.finish_job(100)  # returns once both gateways dropped the job's entries
+    for client in (first, second):
+        assert (await client.get(PKG, headers=headers)).status == 404
+
+
+async def test_role_scope_and_project_changes_invalidate(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
+) -> None:
+    client = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    headers = {"JOB-TOKEN": world.tokens["100"]}
+    await world.project(2, "other/lib", "private")
+    await world.store.set_member(2, 7, 30)
+    await world.store.set_inbound(2, "group", True)
+    assert (await client.put(LIB, headers=headers)).status == 200
+    await world.store.set_member(2, 7, 20)  # demoted: may no longer push
+    assert (await client.put(LIB, headers=headers)).status == 404
+    assert (await client.get(LIB, headers=headers)).status == 200
+    await world.store.set_inbound(2, "group", False)
+    assert (await client.get(LIB, headers=headers)).status == 404
+    await world.store.set_inbound(2, "group", True)
+    assert (await client.get(LIB, headers=headers)).status == 200
+    await world.store.set_project(2, pending_delete=True)
+    assert (await client.get(LIB, headers=headers)).status == 404
+    await world.store.erase_job(100)
+    assert (await client.get(PKG, headers=headers)).status == 404
+
+
+async def test_lost_subscription_bypasses_the_cache(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
+) -> None:
+    client = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    headers = {"JOB-TOKEN": world.tokens["100"]}
+    assert (await client.get(PKG, headers=headers)).status == 200
+    await world.store.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    for _ in range(100):
+        if not client.app[CACHE].available:
+            break
+        await asyncio.sleep(0.02)
+    assert len(client.app[CACHE]) == 0
+    assert (await client.get(PKG, headers=headers)).status in (200,)
+    assert lookups(client, "bypass") + lookups(client, "miss") >= 2
+    for _ in range(200):  # and it comes back by itself
+        if client.app[CACHE].available:
+            break
+        await asyncio.sleep(0.02)
+    assert client.app[CACHE].available
+    await world.store.finish_job(100)
+    assert (await client.get(PKG, headers=headers)).status == 404
+
+
+async def test_cache_off_reads_redis_every_time(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
+) -> None:
+    config = gateway_config(redis_server.url, upstream.url, cache={"ttl": 0})
+    client = await aiohttp_client(build_gateway(config))
+    before = await commands(world)
+    for _ in range(5):
+        assert (await client.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})).status == 200
+    assert await commands(world) - before == 5
