@@ -111,6 +111,7 @@ async def follow_invalidations(cache: DecisionCache, store: Store) -> None:
     while True:
         pubsub = store.client.pubsub()
         try:
+            await store.client.ping()  # a cluster client learns its slots on first use
             await pubsub.subscribe(store.events_channel)
             cache.flush()
             cache.available = True

@@ -89,7 +89,9 @@ def test_metrics_count_requests_decisions_and_bytes(
         assert value(after, "jobgate_auth_decisions_total", result="deny", reason="unknown_token") == 1
         assert value(after, "jobgate_auth_decisions_total", result="allow", reason="same_project") == 3
         assert value(after, "jobgate_proxied_bytes_total", upstream="packages", direction="down") == 3000
-        assert value(after, "jobgate_redis_duration_seconds_count") >= 5
+        reads = value(after, "jobgate_redis_duration_seconds_count")
+        hits = value(after, "jobgate_cache_lookups_total", result="hit")
+        assert reads >= 1 and reads + hits >= 5
         assert value(after, "jobgate_request_duration_seconds_count", route="packages_read") >= 5
         text = get(f"http://127.0.0.1:{gw.metrics_port}/metrics")[1].decode()
         assert token not in text and "/api/v4" not in text
