@@ -34,7 +34,7 @@ from .credentials import (
     extract_credential,
 )
 from .decision import Decision, Reason, decide
-from .observe import Metrics, RequestLog, access_logger, method_label
+from .observe import Metrics, RequestLog, access_log, method_label
 from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
 from .routes import Action, PathError, Protocol, RouteMatch, canonical_path, match, repo_ref, split_path
@@ -136,7 +136,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics.in_flight.dec()
         metrics.requests.labels(entry.route, method_label(request.method), str(entry.status)).inc()
         metrics.request_seconds.labels(entry.route).observe(time.perf_counter() - entry.started)
-        access_logger.info(entry.line())
+        access_log.write(entry.line())
     response.headers["X-Request-Id"] = request_id
     return response
 

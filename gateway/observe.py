@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +24,54 @@ _SECRET_PARAMS = re.compile(
 )
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s\"\\]*@")
 
-access_logger = logging.getLogger("jobgate.access")
+PIPE_BUF = 4096
+
+
+class AccessLog:
+    """Access lines to stderr, batched per event-loop turn, written in whole lines.
+
+    One `os.write` per turn instead of a logging record and a flush per request; each
+    write is at most PIPE_BUF bytes of whole lines, so worker processes sharing stderr
+    never interleave inside a line.
+    """
+
+    def __init__(self, fd: int = 2) -> None:
+        self.fd = fd
+        self._lines: list[str] = []
+
+    def write(self, line: str) -> None:
+        """Queue one line; it is written at the end of this event-loop turn."""
+        if not self._lines:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self._lines.append(line)
+                self.flush()
+                return
+        self._lines.append(line)
+
+    def flush(self) -> None:
+        """Write every queued line now."""
+        lines, self._lines = self._lines, []
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            data = line.encode("utf-8", "backslashreplace") + b"\n"
+            if size + len(data) > PIPE_BUF and chunk:
+                self._write(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(data)
+            size += len(data)
+        if chunk:
+            self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):  # a closed stderr must not fail requests
+            while data:
+                data = data[os.write(self.fd, data) :]
+
+
+access_log = AccessLog()
 
 logger = logging.getLogger("jobgate")
 
@@ -32,8 +81,12 @@ def mask(text: str, *tokens: str | None) -> str:
     for token in tokens:
         if token:
             text = text.replace(token, MASK)
-    text = _SECRET_PARAMS.sub(lambda m: m.group(1) + MASK, text)
-    return _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    lowered = text.lower()
+    if "token=" in lowered:
+        text = _SECRET_PARAMS.sub(lambda m: m.group(1) + MASK, text)
+    if "@" in text:
+        text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    return text
 
 
 def method_label(method: str) -> str:
@@ -141,8 +194,6 @@ class RequestLog:
 
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        if record.name == access_logger.name:
-            return record.getMessage()
         payload = {"time": round(record.created, 3), "level": record.levelname.lower(),
                    "logger": record.name, "message": mask(record.getMessage())}
         if record.exc_info and record.exc_info[0] is not None:

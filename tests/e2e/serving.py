@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +29,8 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: fl
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
+        except urllib.error.HTTPError:
+            return  # it answers
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} never answered:\n{log.read_text(errors='replace')[-3000:]}")

@@ -1,0 +1,297 @@
+"""jobgate's benchmark: every scenario against baselines measured in the same run.
+
+    make bench                      # the full run (a few minutes)
+    python bench/run.py --smoke     # seconds: checks the harness itself
+
+Starts a private redis-server, nginx serving static files (the upstream that is not the
+bottleneck), a bare pass-through proxy built from jobgate's own proxy code, and
+`jobgate serve` processes; drives them with wrk; prints a table and writes it as JSON
+under bench/results/. The machine is shared and small: compare ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.devredis import RedisProcess, free_port
+from gateway.store import Store, connect, token_digest
+from tests.e2e.serving import JobgateProcess, wait_http
+from tests.peers import NginxServer
+
+SMALL = "/api/v4/projects/1/packages/generic/tool/1.0/small.bin"
+BIG = "/api/v4/projects/1/packages/generic/tool/1.0/big.bin"
+UPLOAD = "/api/v4/projects/1/packages/generic/tool/1.0/upload.bin"
+GiB = 1 << 30
+WRK_LUA = """
+done = function(summary, latency, requests)
+  io.write(string.format("JSON {\\"requests\\": %d, \\"rps\\": %f, \\"p50\\": %d, \\"p99\\": %d, \\"p999\\": %d, \\"errors\\": %d, \\"non2xx\\": %d}\\n",
+    summary.requests, summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, summary.errors.status))
+end
+"""
+
+
+def wrk(url: str, seconds: float, headers: dict[str, str], lua: Path, connections: int = 16) -> dict[str, Any]:
+    """One wrk run: requests/s and latency percentiles (microseconds)."""
+    args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(lua)]
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    match = re.search(r"^JSON (.*)$", out, re.M)
+    if not match:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    return dict(json.loads(match.group(1)))
+
+
+def rss_peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak(pid: int) -> None:
+    with open(f"/proc/{pid}/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS
+        f.write("5")
+
+
+def transfer(url: str, headers: dict[str, str], upload: bool) -> float:
+    """MB/s of one 1 GiB download (to /dev/null) or upload (from /dev/zero) with curl."""
+    header_args = [a for k, v in headers.items() for a in ("-H", f"{k}: {v}")]
+    started = time.perf_counter()
+    if upload:
+        source = subprocess.Popen(["head", "-c", str(GiB), "/dev/zero"], stdout=subprocess.PIPE)
+        subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", "-T", "-", *header_args, url],
+                       stdin=source.stdout, check=True, timeout=600)  # fmt: skip
+        source.wait()
+    else:
+        subprocess.run(["curl", "-sS", "--fail", "-o", "/dev/null", *header_args, url],
+                       check=True, timeout=600)  # fmt: skip
+    return GiB / (time.perf_counter() - started) / 1e6
+
+
+def admin(gw: JobgateProcess, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "admin", "--config", str(gw.config_path), *args],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+
+
+async def state_scale(redis_url: str, jobs: int) -> dict[str, Any]:
+    """Memory per registered job and read latency with 1,000 vs `jobs` jobs in Redis."""
+    store = Store(connect(redis_url, 30.0))
+    await store.client.flushdb()
+    await store.set_project(1, "bench/app", "private")
+    await store.set_member(1, 7, 30)
+    token = await store.start_job(1, 1, 7)
+
+    async def latency() -> float:
+        from gateway.store import TargetRef
+
+        digest, target = token_digest(token), TargetRef(project_id=1)
+        started = time.perf_counter()
+        for _ in range(2000):
+            await store.read_access_digest(digest, target)
+        return (time.perf_counter() - started) / 2000 * 1e6
+
+    async def load(count: int, first: int) -> None:
+        # the same layout `start_job` writes, in bulk (a Lua loop per 10,000 jobs)
+        script = store.client.register_script("""
+local p, first, count, expires = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+for i = first, first + count - 1 do
+  local digest = redis.sha1hex('d' .. i) .. string.sub(redis.sha1hex('e' .. i), 1, 24)
+  redis.call('HSET', p .. 'job:' .. i, 'project', '1', 'user', '7', 'status', 'running', 'erased', '0',
+    'expires', expires, 'pipeline', tostring(i), 'name', 'build', 'ref', 'main', 'tok', digest)
+  redis.call('EXPIREAT', p .. 'job:' .. i, math.floor(tonumber(expires)) + 86400)
+  redis.call('SET', p .. 'tok:' .. digest, 'j:' .. i, 'EXAT', math.floor(tonumber(expires)) + 86400)
+end
+return count""")
+        expires = f"{time.time() + 3600:.3f}"
+        for start in range(first, first + count, 10_000):
+            await script(keys=[store.prefix], args=[start, min(10_000, first + count - start), expires])
+
+    await load(999, 10)
+    small = await latency()
+    before = int((await store.client.info("memory"))["used_memory"])
+    await load(jobs - 1000, 100_000)
+    after = int((await store.client.info("memory"))["used_memory"])
+    large = await latency()
+    await store.client.flushdb()
+    await store.close()
+    return {
+        "jobs": jobs,
+        "bytes_per_job": round((after - before) / max(jobs - 1000, 1)),
+        "read_us_1k_jobs": round(small, 1),
+        f"read_us_{jobs}_jobs": round(large, 1),
+    }
+
+
+def revocation(gws: list[JobgateProcess], token: str) -> dict[str, Any]:
+    """Job finish -> first 404 on each gateway process (warm caches before the finish)."""
+    url_headers = {"JOB-TOKEN": token}
+    for gw in gws:
+        for _ in range(3):
+            urllib.request.urlopen(urllib.request.Request(gw.url + SMALL, headers=url_headers)).read()
+    started = time.perf_counter()
+    admin(gws[0], "job", "finish", "1")
+    acknowledged = time.perf_counter()
+    firsts = []
+    for gw in gws:
+        while True:
+            try:
+                urllib.request.urlopen(urllib.request.Request(gw.url + SMALL, headers=url_headers)).read()
+            except urllib.error.HTTPError as error:
+                if error.code == 404:
+                    firsts.append((time.perf_counter() - started) * 1000)
+                    break
+    return {"gateways": len(gws), "finish_call_ms": round((acknowledged - started) * 1000, 1),
+            "first_404_ms": [round(f, 1) for f in firsts]}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="tiny durations: check the harness only")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--jobs", type=int, default=1_000_000)
+    args = parser.parse_args()
+    seconds = 1.0 if args.smoke else args.seconds
+    jobs = 5_000 if args.smoke else args.jobs
+    for tool in ("wrk", "nginx", "curl", "redis-server"):
+        if not shutil.which(tool):
+            print(f"{tool} not found: make bench installs it (apt-get install -y wrk nginx-light curl)")
+            return 2
+    results: dict[str, Any] = {"smoke": args.smoke, "seconds": seconds, "cpus": os.cpu_count(),
+                               "scenarios": {}}  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="jobgate-bench-"))
+    tmp.chmod(0o755)  # nginx workers run as an unprivileged user
+    lua = tmp / "report.lua"
+    lua.write_text(WRK_LUA)
+    files = tmp / "files"
+    (files / SMALL.lstrip("/")).parent.mkdir(parents=True)
+    (files / SMALL.lstrip("/")).write_bytes(os.urandom(1024))
+    with open(files / BIG.lstrip("/"), "wb") as big:
+        big.truncate(GiB)
+    with ExitStack() as stack:
+        redis = stack.enter_context(RedisProcess())
+        nginx = NginxServer(tmp, f"""
+    client_max_body_size 0;
+    location / {{ root {files}; sendfile on; }}
+    location = {UPLOAD} {{ return 201; }}
+""")
+        stack.enter_context(nginx)
+        upstreams = {"packages": nginx.url}
+
+        bare_port = free_port()
+        bare_log = tmp / "bare.log"
+        with bare_log.open("wb") as log:
+            bare = subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(bare_port),
+                                     nginx.url], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        stack.callback(lambda: (bare.terminate(), bare.wait()))
+        wait_http(f"http://127.0.0.1:{bare_port}{SMALL}", bare, bare_log)
+
+        (tmp / "gw").mkdir()
+        gw = stack.enter_context(JobgateProcess(tmp / "gw", redis.url, upstreams))
+        (tmp / "cold").mkdir()
+        cold = stack.enter_context(JobgateProcess(tmp / "cold", redis.url, upstreams, cache={"ttl": 0}))
+        (tmp / "w2").mkdir()
+        two = stack.enter_context(JobgateProcess(tmp / "w2", redis.url, upstreams, workers=2))
+        fa = stack.enter_context(NginxServer(tmp / "fa", f"""
+    location / {{ auth_request /-/auth-probe; root {files}; }}
+    location = /-/auth-probe {{ internal; proxy_pass http://127.0.0.1:{gw.port}/-/auth;
+      proxy_pass_request_body off; proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri; proxy_set_header X-Original-Method $request_method; }}
+"""))
+
+        admin(gw, "project", "set", "1", "--path", "bench/app", "--visibility", "private")
+        admin(gw, "member", "set", "1", "7", "30")
+        token = admin(gw, "job", "start", "--id", "1", "--project", "1", "--user", "7")
+        auth = {"JOB-TOKEN": token}
+
+        def evalsha_calls() -> int:
+            out = subprocess.run(["redis-cli", "-p", str(redis.port), "info", "commandstats"],
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            match = re.search(r"cmdstat_evalsha:calls=(\d+)", out)
+            return int(match.group(1)) if match else 0
+
+        scenarios = [
+            ("direct", nginx.url, {}),
+            ("bare proxy", f"http://127.0.0.1:{bare_port}", {}),
+            ("jobgate (cache warm)", gw.url, auth),
+            ("jobgate (no cache: a Redis read per request)", cold.url, auth),
+            ("jobgate denied (unknown token)", gw.url, {"JOB-TOKEN": "glcbt-unknown-token"}),
+            ("nginx + forward-auth", fa.url, auth),
+            ("jobgate --workers 2 (cache warm)", two.url, auth),
+        ]
+        for name, base, headers in scenarios:
+            calls = evalsha_calls()
+            run = wrk(base + SMALL, seconds, headers, lua)
+            total = run["requests"]
+            run["redis_reads_per_request"] = round((evalsha_calls() - calls) / max(total, 1), 3)
+            results["scenarios"][name] = run
+            print(f"  measured {name}", flush=True)
+        floor = results["scenarios"]["bare proxy"]["rps"]
+        for run in results["scenarios"].values():
+            run["ratio_to_bare"] = round(run["rps"] / floor, 3)
+
+        if not args.smoke:
+            reset_peak(gw.pid)
+            base_rss = gw.rss_kib()
+            large = {
+                "download_direct_MBps": round(transfer(nginx.url + BIG, {}, upload=False)),
+                "download_jobgate_MBps": round(transfer(gw.url + BIG, auth, upload=False)),
+                "upload_direct_MBps": round(transfer(nginx.url + UPLOAD, {}, upload=True)),
+                "upload_jobgate_MBps": round(transfer(gw.url + UPLOAD, auth, upload=True)),
+            }
+            large["download_ratio"] = round(large["download_jobgate_MBps"] / large["download_direct_MBps"], 3)
+            large["upload_ratio"] = round(large["upload_jobgate_MBps"] / large["upload_direct_MBps"], 3)
+            large["jobgate_rss_growth_MiB"] = round((rss_peak_kib(gw.pid) - base_rss) / 1024, 1)
+            results["streaming_1GiB"] = large
+            print("  measured 1 GiB transfers", flush=True)
+
+        results["revocation"] = revocation([gw, two], token)
+    results["state_scale"] = asyncio.run(_scale(jobs))
+    shutil.rmtree(tmp, ignore_errors=True)
+    report(results)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    name = "smoke.json" if args.smoke else time.strftime("%Y%m%d-%H%M%S.json")
+    (out / name).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwritten to bench/results/{name}")
+    return 0
+
+
+async def _scale(jobs: int) -> dict[str, Any]:
+    with RedisProcess() as redis:
+        return await state_scale(redis.url, jobs)
+
+
+def report(results: dict[str, Any]) -> None:
+    print(f"\n{'scenario':48} {'req/s':>9} {'ratio':>6} {'p50 µs':>8} {'p99 µs':>8} {'p99.9 µs':>9} "
+          f"{'redis/req':>9}")  # fmt: skip
+    for name, run in results["scenarios"].items():
+        print(f"{name:48} {run['rps']:9.0f} {run['ratio_to_bare']:6.2f} {run['p50']:8d} {run['p99']:8d} "
+              f"{run['p999']:9d} {run['redis_reads_per_request']:9.3f}")  # fmt: skip
+    for section in ("streaming_1GiB", "revocation", "state_scale"):
+        if section in results:
+            print(f"\n{section}: {json.dumps(results[section])}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+# `make bench`: the benchmark against baselines (wrk, nginx); `make bench-smoke` checks the harness.
+APT_NEEDS += wrk:wrk
+
+.PHONY: bench bench-smoke
+bench: install
+	$(BIN)/python bench/run.py
+
+bench-smoke: install
+	$(BIN)/python bench/run.py --smoke
