@@ -197,6 +197,7 @@ def main() -> int:
 """)
         stack.enter_context(nginx)
         upstreams = {"packages": nginx.url}
+        unlimited = {"limits": {"failed_auth_per_minute": 0}}  # the denied scenario is a flood on purpose
 
         bare_port = free_port()
         bare_log = tmp / "bare.log"
@@ -207,11 +208,11 @@ def main() -> int:
         wait_http(f"http://127.0.0.1:{bare_port}{SMALL}", bare, bare_log)
 
         (tmp / "gw").mkdir()
-        gw = stack.enter_context(JobgateProcess(tmp / "gw", redis.url, upstreams))
+        gw = stack.enter_context(JobgateProcess(tmp / "gw", redis.url, upstreams, **unlimited))
         (tmp / "cold").mkdir()
-        cold = stack.enter_context(JobgateProcess(tmp / "cold", redis.url, upstreams, cache={"ttl": 0}))
+        cold = stack.enter_context(JobgateProcess(tmp / "cold", redis.url, upstreams, cache={"ttl": 0}, **unlimited))
         (tmp / "w2").mkdir()
-        two = stack.enter_context(JobgateProcess(tmp / "w2", redis.url, upstreams, workers=2))
+        two = stack.enter_context(JobgateProcess(tmp / "w2", redis.url, upstreams, workers=2, **unlimited))
         fa = stack.enter_context(NginxServer(tmp / "fa", f"""
     location / {{ auth_request /-/auth-probe; root {files}; }}
     location = /-/auth-probe {{ internal; proxy_pass http://127.0.0.1:{gw.port}/-/auth;
@@ -253,6 +254,7 @@ def main() -> int:
         if not args.smoke:
             reset_peak(gw.pid)
             base_rss = gw.rss_kib()
+            transfer(nginx.url + BIG, {}, upload=False)  # warm the page cache first
             large = {
                 "download_direct_MBps": round(transfer(nginx.url + BIG, {}, upload=False)),
                 "download_jobgate_MBps": round(transfer(gw.url + BIG, auth, upload=False)),

@@ -91,7 +91,43 @@ class AccessRecorder:
             await store.record_access(target, source, route)
 
 
+class FailureLimiter:
+    """Brute-force brake: unknown-token attempts per client IP, counted in Redis.
+
+    Counting happens only on the deny path (one INCR), so allowed requests pay nothing;
+    the count is shared by every replica, and a client over the limit is answered 429
+    locally until the window ends.
+    """
+
+    WINDOW = 60
+
+    def __init__(self) -> None:
+        self._blocked: dict[str, float] = {}
+
+    def blocked_for(self, client: str) -> int:
+        """Seconds this client stays blocked (0: not blocked)."""
+        until = self._blocked.get(client)
+        if until is None:
+            return 0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._blocked[client]
+            return 0
+        return int(left) + 1
+
+    async def fail(self, store: Store, client: str, limit: int) -> int:
+        """Count a failure; seconds to block when the client went over `limit`, else 0."""
+        count = await store.count_failure(client, self.WINDOW)
+        if count <= limit:
+            return 0
+        if len(self._blocked) > 100_000:
+            self._blocked.clear()
+        self._blocked[client] = time.monotonic() + self.WINDOW
+        return self.WINDOW
+
+
 RUNTIME = web.AppKey("runtime", Runtime)
+LIMITER = web.AppKey("failure_limiter", FailureLimiter)
 RECORDER = web.AppKey("access_recorder", AccessRecorder)
 CACHE = web.AppKey("decision_cache", DecisionCache)
 STORE = web.AppKey("store", Store)
@@ -319,6 +355,12 @@ async def evaluate(
     """
     app, entry = request.app, request[REQUEST_LOG]
     config, metrics = app[RUNTIME].config, app[METRICS]
+    client = request.remote or ""
+    limit = config.failed_auth_per_minute
+    if limit and (blocked := app[LIMITER].blocked_for(client)):
+        metrics.rate_limited.inc()
+        entry.reason = "rate_limited"
+        return responses.too_many(blocked)
     try:
         segments = split_path(target.partition("?")[0])
     except PathError as exc:
@@ -342,6 +384,12 @@ async def evaluate(
     digest = token_digest(credential.token) if credential else grant.digest if grant else None
     try:
         decision = await authorize(app, route.action, matched.target, digest)
+        if limit and decision.reason is Reason.UNKNOWN_TOKEN:
+            blocked = await app[LIMITER].fail(app[STORE], client, limit)
+            if blocked:
+                metrics.rate_limited.inc()
+                _record(entry, metrics, decision)
+                return responses.too_many(blocked)
     except StoreUnavailable:
         metrics.redis_errors.inc()
         entry.reason = "store_unavailable"
@@ -470,6 +518,7 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
     app = web.Application(middlewares=[observe_middleware], client_max_size=config.max_form_body)
     app[RUNTIME] = Runtime(config)
     app[RECORDER] = AccessRecorder()
+    app[LIMITER] = FailureLimiter()
     app[CACHE] = DecisionCache(config.cache.ttl, config.cache.max_entries)
     app[METRICS] = metrics or Metrics()
     app[ISSUER] = registry.TokenIssuer(

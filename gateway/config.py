@@ -153,6 +153,7 @@ class Config:
     tls: TLSConfig | None = None
     max_token_length: int = 1024
     max_form_body: int = 1 << 20
+    failed_auth_per_minute: int = 300  # unknown-token attempts per client IP; 0: no limit
     public_url: str | None = None
 
     def __repr__(self) -> str:
@@ -390,7 +391,8 @@ def parse_config(
         if cert and key:
             tls = TLSConfig(cert, key)
 
-    ld = r.section(top.get("limits"), "limits", {"max_token_length", "max_form_body"})
+    limits = {"max_token_length", "max_form_body", "failed_auth_per_minute"}
+    ld = r.section(top.get("limits"), "limits", limits)
     admin_token = r.get(top, "", "admin_token", r.string, None) or r.env.get(
         "JOBGATE_ADMIN_TOKEN"
     )
@@ -415,6 +417,8 @@ def parse_config(
         tls=tls,
         max_token_length=r.get(ld, "limits", "max_token_length", r.count, 1024),
         max_form_body=r.get(ld, "limits", "max_form_body", r.count, 1 << 20),
+        failed_auth_per_minute=0 if ld.get("failed_auth_per_minute") in (0, "0")
+        else r.get(ld, "limits", "failed_auth_per_minute", r.count, 300),
         public_url=r.get(top, "", "public_url", r.http_url, None),
     )
 

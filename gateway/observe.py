@@ -137,6 +137,10 @@ class Metrics:
             "jobgate_cache_lookups_total", "Decision-input cache lookups: hit, miss or bypass.",
             ["result"], registry=r,
         )
+        self.rate_limited = Counter(
+            "jobgate_rate_limited_total", "Requests answered 429: too many unknown tokens from one client.",
+            registry=r,
+        )
         self.reloads = Counter(
             "jobgate_config_reloads_total", "Config reloads (SIGHUP) by result: applied or rejected.",
             ["result"], registry=r,

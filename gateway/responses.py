@@ -33,6 +33,11 @@ def bad_request(detail: str) -> web.Response:
     return json_error(400, f"400 Bad request - {detail}")
 
 
+def too_many(retry_after: int) -> web.Response:
+    """Too many unknown-token attempts from this client."""
+    return json_error(429, "429 Too Many Requests", {"Retry-After": str(retry_after)})
+
+
 def unavailable() -> web.Response:
     """Redis is unreachable: fail closed."""
     return json_error(503, "503 Service Unavailable", {"Retry-After": "1"})

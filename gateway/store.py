@@ -20,6 +20,7 @@ key                   type    content
                               -> comma-separated job token policies, ``*`` for default
 ``auth:<target>``     hash    authentication log: ``<source id>|<route>`` -> count of
                               cross-project accesses (for `inbound suggest`)
+``fail:<client ip>``  string  unknown-token attempts in the current minute (rate limit)
 ``events``            pubsub  ``<event> <nonce>`` after every write that changes a decision:
                               ``job:<id>``, ``prj:<id>``, ``tok:<sha256>``; each gateway that
                               caches acknowledges with RPUSH ``ack:<nonce>``, and the write
@@ -612,6 +613,18 @@ class Store:
         """Mark a job erased, which revokes its token."""
         await self._call(self._update_job, [job_id, "erased", "1"])
         await self.announce(f"job:{job_id}")
+
+    async def count_failure(self, client: str, window: int = 60) -> int:
+        """Count one unknown-token attempt from `client` in this window; the count so far."""
+        key = f"{self.prefix}fail:{client}"
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.expire(key, window, nx=True)
+                count, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(type(exc).__name__) from None
+        return int(count)
 
     async def record_access(self, target_id: int, source_id: int, route: str) -> None:
         """Count one cross-project access in the target's authentication log."""

@@ -12,15 +12,18 @@ ROOT = Path(__file__).parent.parent
 
 def test_bench_smoke_run_produces_every_scenario() -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"], capture_output=True, text=True, timeout=600
-    )
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--smoke"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((ROOT / "bench" / "results" / "smoke.json").read_text())
-    assert set(report["scenarios"]) >= {"direct", "bare proxy", "jobgate (cache warm)", "nginx + forward-auth"}
+    expected = {"direct", "bare proxy", "jobgate (cache warm)", "nginx + forward-auth"}
+    assert set(report["scenarios"]) >= expected
     for run in report["scenarios"].values():
         assert run["requests"] > 0 and run["errors"] == 0
-    assert report["scenarios"]["jobgate denied (unknown token)"]["non2xx"] == (
-        report["scenarios"]["jobgate denied (unknown token)"]["requests"]
+    assert (
+        report["scenarios"]["jobgate denied (unknown token)"]["non2xx"]
+        == (report["scenarios"]["jobgate denied (unknown token)"]["requests"])
     )
     assert report["scenarios"]["jobgate (cache warm)"]["non2xx"] == 0
     assert len(report["revocation"]["first_404_ms"]) == 2

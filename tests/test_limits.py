@@ -1,0 +1,45 @@
+"""Brute force: unknown tokens from one client are limited across replicas; others keep working."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.app import METRICS
+
+from .conftest import RecordingUpstream, World
+
+PKG = "/api/v4/projects/1/packages/generic/a/1/a"
+
+
+async def test_unknown_tokens_are_limited_per_client_across_replicas(
+    make_gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    first = await make_gateway(limits={"failed_auth_per_minute": 5})
+    second = await make_gateway(limits={"failed_auth_per_minute": 5})
+    for i in range(3):
+        assert (await first.get(PKG, headers={"JOB-TOKEN": f"glcbt-guess-{i}"})).status == 404
+    for i in range(2):
+        assert (await second.get(PKG, headers={"JOB-TOKEN": f"glcbt-guess-b{i}"})).status == 404
+    # the sixth failure from this client, counted in Redis by both replicas, trips the brake
+    limited = await second.get(PKG, headers={"JOB-TOKEN": "glcbt-guess-c"})
+    assert limited.status == 429
+    assert int(limited.headers["Retry-After"]) > 0
+    assert await limited.json() == {"message": "429 Too Many Requests"}
+    # the brake holds for every request from this client on that replica, even a valid one
+    assert (await second.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})).status == 429
+    assert second.app[METRICS].rate_limited._value.get() == 2
+    # first replica: its next failure sees the shared count and brakes too
+    assert (await first.get(PKG, headers={"JOB-TOKEN": "glcbt-guess-d"})).status == 429
+    assert len(upstream.requests) == 0
+    # another client (a different address) is untouched
+    await world.store.client.delete(f"{world.store.prefix}fail:203.0.113.9")
+    assert await world.store.count_failure("203.0.113.9") == 1
+
+
+async def test_valid_tokens_never_count(make_gateway: Any, upstream: RecordingUpstream, world: World) -> None:
+    client = await make_gateway(limits={"failed_auth_per_minute": 2})
+    for _ in range(10):
+        assert (await client.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})).status == 200
+    await world.store.finish_job(100)
+    for _ in range(10):  # a finished job is not a guess: 404, never 429
+        assert (await client.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})).status == 404
