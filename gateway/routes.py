@@ -192,7 +192,8 @@ def split_path(raw_path: str) -> tuple[str, ...]:
             raise PathError("path is not valid UTF-8") from None
         if "\x00" in decoded or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
             raise PathError("control character in path")
-        if decoded in (".", ".."):
+        # also inside an encoded slash: an upstream that decodes %2F must not see `..` either
+        if any(piece in (".", "..") for piece in decoded.replace("\\", "/").split("/")):
             raise PathError("dot segment in path")
         if "%" in decoded and _looks_encoded(decoded):
             raise PathError("double-encoded path")

@@ -1,0 +1,99 @@
+"""Property-based fuzzing of everything that reads untrusted input: never an unexpected exception."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, MultiDict
+
+from gateway.config import Config, ConfigError, parse_config
+from gateway.credentials import Credential, CredentialError, extract_credential
+from gateway.protocols.registry import TokenIssuer, parse_scopes
+from gateway.routes import PathError, canonical_path, match, project_ref, repo_ref, split_path
+
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+text = st.text(alphabet=st.characters(codec="utf-8"), max_size=80)
+pathish = st.lists(
+    st.one_of(text, st.sampled_from(["api", "v4", "projects", "packages", "..", ".", "%2e%2e", "%2F", "%252F",
+                                     "g%2Fp", "1", "v2", "info", "refs", "git-upload-pack", ""])),
+    max_size=12,
+).map(lambda parts: "/" + "/".join(parts))  # fmt: skip
+header_names = st.sampled_from(["JOB-TOKEN", "job-token", "Authorization", "X-Other"])
+header_values = st.one_of(text, st.sampled_from(["Basic Z2l0bGFiLWNpLXRva2VuOmE=", "Bearer x", "Basic %%"]))
+
+
+@FUZZ
+@given(
+    headers=st.lists(st.tuples(header_names, header_values), max_size=4),
+    query=st.lists(st.tuples(st.sampled_from(["job_token", "token", "x"]), text), max_size=4),
+    token_param=st.booleans(),
+    bearer=st.booleans(),
+)
+def test_credential_extraction(headers: list[tuple[str, str]], query: list[tuple[str, str]],
+                               token_param: bool, bearer: bool) -> None:  # fmt: skip
+    try:
+        result = extract_credential(
+            CIMultiDict(headers), MultiDict(query), token_param=token_param, bearer=bearer
+        )
+    except CredentialError as exc:
+        assert str(exc)
+        return
+    assert result is None or (isinstance(result, Credential) and result.token and result.sources)
+
+
+@FUZZ
+@given(
+    path=st.one_of(pathish, text), method=st.sampled_from(["GET", "PUT", "POST", "DELETE", "LOCK", "BREW"])
+)
+def test_path_normalization_and_routing(path: str, method: str) -> None:
+    try:
+        segments = split_path(path)
+    except PathError:
+        return
+    for segment in segments[:-1]:
+        assert segment not in (".", "..", "")
+    assert split_path(canonical_path(segments)) == segments  # what the upstream sees is what matched
+    matched = match(method, segments, {"service": "git-upload-pack"})
+    if matched is not None:
+        assert method in matched.route.methods
+
+
+@FUZZ
+@given(segment=text)
+def test_project_refs(segment: str) -> None:
+    ref = project_ref(segment)
+    if ref is not None:
+        assert (ref.project_id is None) != (not ref.paths)
+    repo = repo_ref(segment.split("/"))
+    if repo is not None:
+        assert all(p.count("/") >= 1 for p in repo.paths)
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), text),
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(text, children, max_size=3)),
+    max_leaves=12,
+)
+config_keys = st.sampled_from(["listen", "redis", "upstreams", "scope", "admin_token", "admin_listen", "tls",
+                               "limits", "cache", "registry", "explain", "bogus"])  # fmt: skip
+
+
+@FUZZ
+@given(data=st.one_of(json_values, st.dictionaries(config_keys, json_values, max_size=6)))
+def test_config_loading(data: Any) -> None:
+    try:
+        config = parse_config(data, "fuzz.yaml", env={})
+    except ConfigError as exc:
+        assert exc.problems and all(p.startswith("fuzz.yaml: ") for p in exc.problems)
+        return
+    assert isinstance(config, Config)
+
+
+@FUZZ
+@given(token=text, scopes=st.lists(text, max_size=4))
+def test_registry_tokens_and_scopes(token: str, scopes: list[str]) -> None:
+    assert TokenIssuer("s").verify(token, 0.0) is None
+    for name, actions in parse_scopes(scopes):
+        assert name and set(actions) <= {"pull", "push", "delete"}
