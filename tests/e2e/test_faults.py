@@ -1,0 +1,224 @@
+"""Faults with real processes: Redis stopped or paused, upstreams breaking, clients vanishing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.devredis import RedisProcess, free_port
+from gateway.store import Store
+
+from .serving import BulkUpstream, JobgateProcess
+
+PKG = "/api/v4/projects/1/packages/generic/a/1/a"
+
+
+def admin(gw: JobgateProcess, *args: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "admin", "--config", str(gw.config_path), *args],
+        capture_output=True, text=True, check=True, timeout=30,
+    ).stdout.strip()  # fmt: skip
+
+
+def register(gw: JobgateProcess) -> str:
+    admin(gw, "project", "set", "1", "--path", "f/app", "--visibility", "private")
+    admin(gw, "member", "set", "1", "7", "30")
+    return admin(gw, "job", "start", "--id", "100", "--project", "1", "--user", "7")
+
+
+def status(url: str, headers: dict[str, str] | None = None, timeout: float = 10) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as r:
+            r.read()
+            return int(r.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    redis = RedisProcess(directory=tmp_path / "redis").start()
+    yield redis
+    redis.stop()
+
+
+def test_redis_stopped_fails_closed_and_recovers(tmp_path: Path, own_redis: RedisProcess) -> None:
+    with (
+        BulkUpstream(tmp_path) as bulk,
+        JobgateProcess(
+            tmp_path, own_redis.url, {"packages": bulk.url}, redis={"url": own_redis.url, "timeout": 0.5}
+        ) as gw,
+    ):
+        token = register(gw)
+        auth = {"JOB-TOKEN": token}
+        assert status(gw.url + PKG + "?size=10", auth) == 200
+        own_redis.stop()
+        answers = [status(gw.url + PKG + "?size=10", auth) for _ in range(50)]
+        assert set(answers) == {503}, answers  # never 200, never an upstream call
+        assert status(f"http://127.0.0.1:{gw.metrics_port}/-/readiness") == 503
+        restarted = RedisProcess(own_redis.port, tmp_path / "redis2").start()
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:  # the restarted Redis is empty: register again
+                try:
+                    token = register(gw)
+                    break
+                except subprocess.CalledProcessError:
+                    time.sleep(0.1)
+            deadline, recovered_after = time.monotonic() + 15, None
+            started = time.monotonic()
+            while time.monotonic() < deadline:
+                if status(gw.url + PKG + "?size=10", {"JOB-TOKEN": token}) == 200:
+                    recovered_after = time.monotonic() - started
+                    break
+                time.sleep(0.1)
+            assert recovered_after is not None, "jobgate did not recover by itself"
+            assert status(f"http://127.0.0.1:{gw.metrics_port}/-/readiness") == 200
+        finally:
+            restarted.stop()
+        assert '"status":503' in gw.log() and token not in gw.log()
+
+
+def test_redis_paused_is_bounded_by_the_timeout(tmp_path: Path, own_redis: RedisProcess) -> None:
+    with JobgateProcess(tmp_path, own_redis.url, {"packages": "http://127.0.0.1:1"},
+                        redis={"url": own_redis.url, "timeout": 0.5}, cache={"ttl": 0}) as gw:  # fmt: skip
+        token = register(gw)
+        assert own_redis.process is not None
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert status(gw.url + PKG, {"JOB-TOKEN": token}) == 503
+            assert time.monotonic() - started < 3
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+
+
+async def test_upstream_breaking_mid_response_breaks_the_client_transfer(
+    tmp_path: Path, redis_server: RedisProcess, store: Store
+) -> None:
+    port = free_port()
+
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        writer.close()  # 99,000 bytes short
+
+    server = await asyncio.start_server(half_answer, "127.0.0.1", port)
+    gw = JobgateProcess(tmp_path, redis_server.url, {"packages": f"http://127.0.0.1:{port}",
+                                                     "artifacts": "http://127.0.0.1:1"})  # fmt: skip
+    await asyncio.to_thread(gw.start)
+    try:
+        token = await asyncio.to_thread(register, gw)
+        async with aiohttp.ClientSession() as client:
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with client.get(gw.url + PKG, headers={"JOB-TOKEN": token}) as response:
+                    assert response.status == 200
+                    await response.read()
+            async with client.get(gw.url + "/api/v4/job", headers={"JOB-TOKEN": token}) as response:
+                assert response.status == 200  # and jobgate keeps serving
+            async with client.get(gw.url + "/api/v4/projects/1/jobs/1/artifacts",
+                                  headers={"JOB-TOKEN": token}) as response:  # fmt: skip
+                assert response.status == 502
+    finally:
+        server.close()
+        await asyncio.to_thread(gw.stop)
+
+
+def test_vanishing_clients_leave_no_descriptors_behind(tmp_path: Path, redis_server: RedisProcess,
+                                                       store: Store) -> None:  # fmt: skip
+    with (
+        BulkUpstream(tmp_path) as bulk,
+        JobgateProcess(tmp_path, redis_server.url, {"packages": bulk.url}) as gw,
+    ):
+        token = register(gw)
+        assert status(gw.url + PKG + "?size=10", {"JOB-TOKEN": token}) == 200
+        baseline_fds, baseline_rss = fds(gw.pid), gw.rss_kib()
+        for i in range(60):
+            with socket.create_connection(("127.0.0.1", gw.port)) as sock:
+                if i % 2:  # a download abandoned after its first bytes
+                    sock.sendall(f"GET {PKG}?size={1 << 30} HTTP/1.1\r\nHost: x\r\nJOB-TOKEN: {token}\r\n\r\n"
+                                 .encode())  # fmt: skip
+                    sock.recv(65536)
+                else:  # an upload abandoned half way
+                    sock.sendall(f"PUT {PKG} HTTP/1.1\r\nHost: x\r\nJOB-TOKEN: {token}\r\n"
+                                 f"Content-Length: {1 << 30}\r\n\r\n".encode() + b"\0" * 262144)  # fmt: skip
+        deadline = time.monotonic() + 10
+        while fds(gw.pid) > baseline_fds + 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert fds(gw.pid) <= baseline_fds + 2, f"{fds(gw.pid)} descriptors, {baseline_fds} before"
+        assert gw.rss_kib() - baseline_rss < 32 * 1024
+        assert status(gw.url + PKG + "?size=10", {"JOB-TOKEN": token}) == 200
+
+
+def test_idle_connections_do_not_starve_others(
+    tmp_path: Path, redis_server: RedisProcess, store: Store
+) -> None:
+    with (
+        BulkUpstream(tmp_path) as bulk,
+        JobgateProcess(tmp_path, redis_server.url, {"packages": bulk.url}) as gw,
+    ):
+        token = register(gw)
+        idle = []
+        try:
+            for i in range(1500):
+                sock = socket.create_connection(("127.0.0.1", gw.port))
+                if i % 3 == 0:
+                    sock.sendall(b"GET /api/v4/job HTTP/1.1\r\nHost: x\r\nX-Slow")  # headers never finished
+                idle.append(sock)
+            assert status(gw.url + PKG + "?size=10", {"JOB-TOKEN": token}) == 200
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_no_request_allowed_after_finish_returns(tmp_path: Path, redis_server: RedisProcess,
+                                                store: Store) -> None:  # fmt: skip
+    with (
+        BulkUpstream(tmp_path) as bulk,
+        JobgateProcess(tmp_path, redis_server.url, {"packages": bulk.url}, workers=2) as gw,
+    ):
+        token = register(gw)
+        finished_at: list[float] = []
+        wrong: list[float] = []
+        codes: list[tuple[bool, int]] = []
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                sent = time.monotonic()
+                code = status(gw.url + PKG + "?size=10", {"JOB-TOKEN": token})
+                after = bool(finished_at) and sent > finished_at[0]
+                codes.append((after, code))
+                if code == 200 and after:
+                    wrong.append(sent)
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        admin(gw, "job", "finish", "100")
+        finished_at.append(time.monotonic())
+        time.sleep(1.0)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert wrong == []
+        assert (False, 200) in codes and (True, 404) in codes  # load ran on both sides of the finish
