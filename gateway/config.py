@@ -289,7 +289,7 @@ class _Reader:
 
 _TOP = {
     "listen", "admin_listen", "metrics_listen", "redis", "upstreams", "scope",
-    "admin_token", "explain", "tls", "limits", "public_url", "registry", "cache",
+    "admin_token", "explain", "tls", "limits", "public_url", "registry", "cache", "admin_public",
 }
 _UPSTREAM = {
     "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
@@ -399,6 +399,11 @@ def parse_config(
     admin_listen = r.get(top, "", "admin_listen", r.address, None)
     if admin_listen and not admin_token:
         r.problem("admin_token", "required when admin_listen is set (or set JOBGATE_ADMIN_TOKEN)")
+    loopback = ("127.0.0.1", "::1", "localhost")
+    admin_public = r.get(top, "", "admin_public", r.boolean, False)
+    if admin_listen and admin_listen.host not in loopback and not admin_public:
+        r.problem("admin_listen", f"{admin_listen.host} is not a loopback address: the control plane "
+                  "stays on loopback unless `admin_public: true` says otherwise")  # fmt: skip
 
     if r.problems or listen is None:
         raise ConfigError(r.problems)

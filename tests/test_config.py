@@ -109,3 +109,10 @@ def test_check_command_reports_and_exits_nonzero(tmp_path: Path) -> None:
         [sys.executable, "-m", "gateway", "check", "--config", str(EXAMPLE)], capture_output=True, text=True
     )
     assert ok.returncode == 0 and "ok" in ok.stdout
+
+
+def test_admin_listener_stays_on_loopback_unless_said_otherwise(tmp_path: Path) -> None:
+    text = "listen: 127.0.0.1:1\nadmin_listen: 0.0.0.0:8081\nadmin_token: t\nupstreams: {git: {url: 'http://x:1'}}\n"
+    with pytest.raises(ConfigError, match=r"admin_listen: 0\.0\.0\.0 is not a loopback address"):
+        load_config(write(tmp_path, text), env={})
+    assert load_config(write(tmp_path, text + "admin_public: true\n"), env={}).admin_listen is not None
