@@ -95,6 +95,16 @@ class JobgateProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def admin(self, *args: str) -> str:
+        """Run `jobgate admin --config <this config> ARGS`; its stdout (fails loudly)."""
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "admin", "--config", str(self.config_path), *args],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise subprocess.CalledProcessError(result.returncode, args, result.stdout, result.stderr)
+        return result.stdout.strip()
+
     def rss_peak_kib(self) -> int:
         """The process's peak resident set size (VmHWM) in KiB."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

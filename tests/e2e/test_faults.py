@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -26,17 +25,12 @@ from .serving import BulkUpstream, JobgateProcess
 PKG = "/api/v4/projects/1/packages/generic/a/1/a"
 
 
-def admin(gw: JobgateProcess, *args: str) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "admin", "--config", str(gw.config_path), *args],
-        capture_output=True, text=True, check=True, timeout=30,
-    ).stdout.strip()  # fmt: skip
 
 
 def register(gw: JobgateProcess) -> str:
-    admin(gw, "project", "set", "1", "--path", "f/app", "--visibility", "private")
-    admin(gw, "member", "set", "1", "7", "30")
-    return admin(gw, "job", "start", "--id", "100", "--project", "1", "--user", "7")
+    gw.admin("project", "set", "1", "--path", "f/app", "--visibility", "private")
+    gw.admin("member", "set", "1", "7", "30")
+    return gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
 
 
 def status(url: str, headers: dict[str, str] | None = None, timeout: float = 10) -> int:
@@ -214,7 +208,7 @@ def test_no_request_allowed_after_finish_returns(tmp_path: Path, redis_server: R
         for thread in threads:
             thread.start()
         time.sleep(1.0)
-        admin(gw, "job", "finish", "100")
+        gw.admin("job", "finish", "100")
         finished_at.append(time.monotonic())
         time.sleep(1.0)
         stop.set()

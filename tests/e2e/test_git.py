@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,13 +18,6 @@ GIT_404 = (
 )
 
 
-def admin(gw: JobgateProcess, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "admin", "--config", str(gw.config_path), *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 @pytest.fixture
@@ -36,12 +27,12 @@ def setup(tmp_path: Path, redis_server: RedisProcess, store: Store) -> Iterator[
         server.create_repo("other/secret.git", {"SECRET": b"s\n"})
         server.create_repo("pub/lib.git", {"LIB": b"lib\n"})
         with JobgateProcess(tmp_path, redis_server.url, {"git": server.url}) as gw:
-            admin(gw, "project", "set", "1", "--path", "group/app", "--visibility", "private")
-            admin(gw, "project", "set", "2", "--path", "other/secret", "--visibility", "private")
-            admin(gw, "project", "set", "3", "--path", "pub/lib", "--visibility", "public")
-            admin(gw, "member", "set", "1", "7", "30")
-            admin(gw, "member", "set", "2", "7", "20")
-            token = admin(gw, "job", "start", "--id", "100", "--project", "1", "--user", "7")
+            gw.admin("project", "set", "1", "--path", "group/app", "--visibility", "private")
+            gw.admin("project", "set", "2", "--path", "other/secret", "--visibility", "private")
+            gw.admin("project", "set", "3", "--path", "pub/lib", "--visibility", "public")
+            gw.admin("member", "set", "1", "7", "30")
+            gw.admin("member", "set", "2", "7", "20")
+            token = gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
             yield gw, token
 
 
@@ -74,7 +65,7 @@ def test_clone_fetch_and_denials_like_gitlab(setup: tuple[JobgateProcess, str], 
     assert push.returncode != 0
     assert GIT_404 in push.stderr
 
-    admin(gw, "job", "finish", "100", "--status", "success")
+    gw.admin("job", "finish", "100", "--status", "success")
     after = git("clone", "-q", url(gw, token, "group/app.git"), str(tmp_path / "after"), cwd=tmp_path)
     assert after.returncode != 0
     assert GIT_404 in after.stderr

@@ -6,8 +6,6 @@ import base64
 import json
 import signal
 import ssl
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,20 +25,13 @@ from .serving import BulkUpstream, JobgateProcess
 PKG = "/api/v4/projects/1/packages/generic/tool/1/tool.bin"
 
 
-def admin(gw: JobgateProcess, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "admin", "--config", str(gw.config_path), *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def register(gw: JobgateProcess) -> str:
-    admin(gw, "project", "set", "1", "--path", "ops/app", "--visibility", "private")
-    admin(gw, "project", "set", "2", "--path", "ops/other", "--visibility", "private")
-    admin(gw, "member", "set", "1", "7", "30")
-    return admin(gw, "job", "start", "--id", "100", "--project", "1", "--user", "7")
+    gw.admin("project", "set", "1", "--path", "ops/app", "--visibility", "private")
+    gw.admin("project", "set", "2", "--path", "ops/other", "--visibility", "private")
+    gw.admin("member", "set", "1", "7", "30")
+    return gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
 
 
 def get(url: str, headers: dict[str, str] | None = None, method: str = "GET", **kw: Any) -> tuple[int, bytes]:
@@ -106,7 +97,7 @@ def test_workers_share_the_port_and_all_deny_after_finish(
             token = register(gw)
             for _ in range(40):
                 assert get(gw.url + PKG + "?size=10", {"JOB-TOKEN": token, "Connection": "close"})[0] == 200
-            admin(gw, "job", "finish", "100")
+            gw.admin("job", "finish", "100")
             for _ in range(40):
                 assert get(gw.url + PKG + "?size=10", {"JOB-TOKEN": token, "Connection": "close"})[0] == 404
             pids = {json.loads(line)["pid"] for line in gw.log().splitlines() if '"route"' in line}
@@ -182,7 +173,7 @@ def test_no_token_in_any_output(tmp_path: Path, redis_server: RedisProcess, stor
     ):
         token = register(gw)
         basic = base64.b64encode(f"gitlab-ci-token:{token}".encode()).decode()
-        trigger = admin(gw, "trigger", "create", "1", "--owner", "7")
+        trigger = gw.admin("trigger", "create", "1", "--owner", "7")
         sources = [
             (PKG, {"JOB-TOKEN": token}),
             (PKG + f"?job_token={token}", {}),
@@ -198,7 +189,7 @@ def test_no_token_in_any_output(tmp_path: Path, redis_server: RedisProcess, stor
         for path, headers in sources:
             method = "POST" if "trigger" in path else "GET"
             get(gw.url + path, headers, method=method)
-        admin(gw, "job", "finish", "100")
+        gw.admin("job", "finish", "100")
         get(gw.url + PKG, {"JOB-TOKEN": token})
         output = gw.log() + get(f"http://127.0.0.1:{gw.metrics_port}/metrics")[1].decode()
         assert token not in output and trigger not in output

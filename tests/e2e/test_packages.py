@@ -16,13 +16,6 @@ from .serving import JobgateProcess
 PYPI = "/api/v4/projects/1/packages/pypi"
 
 
-def admin(gw: JobgateProcess, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "admin", "--config", str(gw.config_path), *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 def pip_download(index: str, out: Path) -> subprocess.CompletedProcess[str]:
@@ -50,9 +43,9 @@ def test_pip_installs_through_jobgate_with_the_job_token(
             }
         }  # fmt: skip
         with gw:
-            admin(gw, "project", "set", "1", "--path", "py/app", "--visibility", "private")
-            admin(gw, "member", "set", "1", "7", "20")
-            token = admin(gw, "job", "start", "--id", "100", "--project", "1", "--user", "7")
+            gw.admin("project", "set", "1", "--path", "py/app", "--visibility", "private")
+            gw.admin("member", "set", "1", "7", "20")
+            token = gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
             index = f"http://gitlab-ci-token:{token}@127.0.0.1:{gw.port}{PYPI}/simple/"
 
             got = pip_download(index, tmp_path / "dl")
@@ -62,7 +55,7 @@ def test_pip_installs_through_jobgate_with_the_job_token(
 
             anonymous = pip_download(f"http://127.0.0.1:{gw.port}{PYPI}/simple/", tmp_path / "anon")
             assert anonymous.returncode != 0
-            admin(gw, "job", "finish", "100")
+            gw.admin("job", "finish", "100")
             after = pip_download(index, tmp_path / "after")
             assert after.returncode != 0
             log = gw.log()
@@ -90,9 +83,9 @@ def test_npm_installs_through_jobgate_with_a_bearer_job_token(
             }
         }
         with gw:
-            admin(gw, "project", "set", "1", "--path", "js/app", "--visibility", "private")
-            admin(gw, "member", "set", "1", "7", "20")
-            token = admin(gw, "job", "start", "--id", "100", "--project", "1", "--user", "7")
+            gw.admin("project", "set", "1", "--path", "js/app", "--visibility", "private")
+            gw.admin("member", "set", "1", "7", "20")
+            token = gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
             via_gateway = f"http://127.0.0.1:{gw.port}{NPM}"
             (tmp_path / "consumer").mkdir()
             installed = npm(tmp_path, via_gateway, token, "install", "--no-audit", "--no-fund", "jgnpm@1.0.0",
@@ -101,7 +94,7 @@ def test_npm_installs_through_jobgate_with_a_bearer_job_token(
             module = tmp_path / "consumer/node_modules/jgnpm/index.js"
             assert module.read_text() == "module.exports = 42;\n"
 
-            admin(gw, "job", "finish", "100")
+            gw.admin("job", "finish", "100")
             (tmp_path / "after").mkdir()
             after = npm(tmp_path, via_gateway, token, "view", "jgnpm", "version", cwd=tmp_path / "after")
             assert after.returncode != 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,15 +16,6 @@ from ..peers import RegistryServer, skopeo
 from .serving import JobgateProcess
 
 
-def admin(gw: JobgateProcess, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "admin", "--config", str(gw.config_path), *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
 @pytest.fixture
 def setup(
     tmp_path: Path, redis_server: RedisProcess, store: Store
@@ -35,17 +25,17 @@ def setup(
         tmp_path, redis_server.url, {"container_registry": registry.url},
         registry={"token_secret": "e2e-registry-secret"},
     ) as gw:  # fmt: skip
-        admin(gw, "project", "set", "1", "--path", "group/app", "--visibility", "private")
-        admin(gw, "project", "set", "2", "--path", "other/private", "--visibility", "private")
-        admin(gw, "project", "set", "3", "--path", "team/shared", "--visibility", "private")
-        admin(gw, "member", "set", "1", "7", "30")
-        admin(gw, "member", "set", "1", "8", "20")
-        admin(gw, "member", "set", "2", "7", "30")
-        admin(gw, "member", "set", "3", "7", "30")
-        admin(gw, "inbound", "add", "3", "group")
+        gw.admin("project", "set", "1", "--path", "group/app", "--visibility", "private")
+        gw.admin("project", "set", "2", "--path", "other/private", "--visibility", "private")
+        gw.admin("project", "set", "3", "--path", "team/shared", "--visibility", "private")
+        gw.admin("member", "set", "1", "7", "30")
+        gw.admin("member", "set", "1", "8", "20")
+        gw.admin("member", "set", "2", "7", "30")
+        gw.admin("member", "set", "3", "7", "30")
+        gw.admin("inbound", "add", "3", "group")
         tokens = {
-            "dev": admin(gw, "job", "start", "--id", "100", "--project", "1", "--user", "7"),
-            "reporter": admin(gw, "job", "start", "--id", "101", "--project", "1", "--user", "8"),
+            "dev": gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7"),
+            "reporter": gw.admin("job", "start", "--id", "101", "--project", "1", "--user", "8"),
         }
         for repo in ("other/private/image", "team/shared/image"):  # seeded behind jobgate's back
             seeded = skopeo(tmp_path, "copy", "--dest-tls-verify=false", f"oci:{tmp_path}/image:v1",
@@ -88,7 +78,7 @@ def test_push_pull_and_denials(
     reporter_pull = pull(tmp_path, gw, tokens["reporter"], "group/app/image", "r")
     assert reporter_pull.returncode == 0, reporter_pull.stderr
 
-    admin(gw, "job", "finish", "100")
+    gw.admin("job", "finish", "100")
     login = skopeo(tmp_path, "login", "--tls-verify=false", "-u", "gitlab-ci-token", "-p", tokens["dev"],
                    f"127.0.0.1:{gw.port}")  # fmt: skip
     assert login.returncode != 0

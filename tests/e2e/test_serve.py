@@ -24,13 +24,6 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, "-sS", *args], capture_output=True, text=True, timeout=120)
 
 
-def admin(config: Path, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway", "admin", "--config", str(config), *args],
-        capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 @pytest.fixture
@@ -57,10 +50,9 @@ def test_readme_worked_example(
     tmp_path: Path, redis_server: RedisProcess, store: Store, files_upstream: str
 ) -> None:
     with JobgateProcess(tmp_path, redis_server.url, {"packages": files_upstream}) as gw:
-        config = gw.config_path
-        admin(config, "project", "set", "1", "--path", "demo/app", "--visibility", "private")
-        admin(config, "member", "set", "1", "7", "30")
-        token = admin(config, "job", "start", "--id", "100", "--project", "1", "--user", "7")
+        gw.admin("project", "set", "1", "--path", "demo/app", "--visibility", "private")
+        gw.admin("member", "set", "1", "7", "30")
+        token = gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
         url = f"{gw.url}/api/v4/projects/1/packages/generic/tool/1.0/tool.bin"
 
         got = curl("--fail", "--header", f"JOB-TOKEN: {token}", url)
@@ -71,7 +63,7 @@ def test_readme_worked_example(
         job = json.loads(curl("--header", f"JOB-TOKEN: {token}", f"{gw.url}/api/v4/job").stdout)
         assert job["id"] == 100 and job["status"] == "running"
 
-        admin(config, "job", "finish", "100", "--status", "success")
+        gw.admin("job", "finish", "100", "--status", "success")
         denied = curl("-w", "\n%{http_code}", "--header", f"JOB-TOKEN: {token}", url)
         assert denied.stdout == '{"message": "404 Not Found"}\n404'
         assert token not in gw.log()
@@ -102,8 +94,8 @@ def test_private_redis_when_none_is_configured(tmp_path: Path, files_upstream: s
     gw = JobgateProcess(tmp_path, "unused", {"packages": files_upstream})
     del gw.config["redis"]
     with gw:
-        admin(gw.config_path, "project", "set", "1", "--path", "demo/app", "--visibility", "public")
-        token = admin(gw.config_path, "job", "start", "--id", "1", "--project", "1", "--user", "7")
+        gw.admin("project", "set", "1", "--path", "demo/app", "--visibility", "public")
+        token = gw.admin("job", "start", "--id", "1", "--project", "1", "--user", "7")
         got = curl("--fail", "-H", f"JOB-TOKEN: {token}", f"{gw.url}/api/v4/job")
         assert got.returncode == 0, got.stderr
         assert "started a private redis-server at redis://127.0.0.1:6479/0" in gw.log()
@@ -117,10 +109,9 @@ def test_one_gib_each_way_streams_in_bounded_memory(
         BulkUpstream(tmp_path) as bulk,
         JobgateProcess(tmp_path, redis_server.url, {"packages": bulk.url, "artifacts": bulk.url}) as gw,
     ):
-        config = gw.config_path
-        admin(config, "project", "set", "1", "--path", "demo/app", "--visibility", "private")
-        admin(config, "member", "set", "1", "7", "30")
-        token = admin(config, "job", "start", "--id", "100", "--project", "1", "--user", "7")
+        gw.admin("project", "set", "1", "--path", "demo/app", "--visibility", "private")
+        gw.admin("member", "set", "1", "7", "30")
+        token = gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
         url = f"{gw.url}/api/v4/projects/1/packages/generic/big/1/blob.bin"
         curl("--fail", "-H", f"JOB-TOKEN: {token}", url + "?size=1")  # warm up imports and pools
         baseline = gw.rss_kib()
