@@ -432,6 +432,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         drop_headers=frozenset() if pass_token else _credential_headers(credential),
         identity=_identity(decision, route.pipeline_source),
         body=verdict.body,
+        body_idle_timeout=runtime.config.body_idle_timeout,
     )
     transfer = Transfer()
     started = time.perf_counter()

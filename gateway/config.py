@@ -154,6 +154,8 @@ class Config:
     max_token_length: int = 1024
     max_form_body: int = 1 << 20
     failed_auth_per_minute: int = 300  # unknown-token attempts per client IP; 0: no limit
+    idle_timeout: float = 75.0  # seconds a connection may sit without a complete request
+    body_idle_timeout: float = 60.0  # seconds a request body may stall between chunks
     public_url: str | None = None
 
     def __repr__(self) -> str:
@@ -391,7 +393,9 @@ def parse_config(
         if cert and key:
             tls = TLSConfig(cert, key)
 
-    limits = {"max_token_length", "max_form_body", "failed_auth_per_minute"}
+    limits = {
+        "max_token_length", "max_form_body", "failed_auth_per_minute", "idle_timeout", "body_idle_timeout",
+    }  # fmt: skip
     ld = r.section(top.get("limits"), "limits", limits)
     admin_token = r.get(top, "", "admin_token", r.string, None) or r.env.get(
         "JOBGATE_ADMIN_TOKEN"
@@ -424,6 +428,8 @@ def parse_config(
         max_form_body=r.get(ld, "limits", "max_form_body", r.count, 1 << 20),
         failed_auth_per_minute=0 if ld.get("failed_auth_per_minute") in (0, "0")
         else r.get(ld, "limits", "failed_auth_per_minute", r.count, 300),
+        idle_timeout=r.get(ld, "limits", "idle_timeout", r.positive, 75.0),
+        body_idle_timeout=r.get(ld, "limits", "body_idle_timeout", r.positive, 60.0),
         public_url=r.get(top, "", "public_url", r.http_url, None),
     )
 

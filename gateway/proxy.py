@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,7 @@ class Transfer:
 
     sent: int = 0
     received: int = 0
+    client_stalled: bool = False  # the request body stopped arriving (slow client)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Forward:
 
     upstream: UpstreamConfig
     path: str
+    body_idle_timeout: float = 60.0
     query: str = ""
     drop_headers: frozenset[str] = frozenset()
     identity: Mapping[str, str] = field(default_factory=dict)
@@ -125,7 +128,7 @@ async def forward_request(
     url = forward.upstream.url + forward.path + (f"?{forward.query}" if forward.query else "")
     body: Any = forward.body
     if body is None and request.body_exists:
-        body = _counted(request.content, transfer)
+        body = _counted(request.content, transfer, forward.body_idle_timeout)
     try:
         upstream = await session.request(
             request.method,
@@ -135,11 +138,13 @@ async def forward_request(
             allow_redirects=False,
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
         )
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamError(504, "timeout") from None
-    except aiohttp.ClientPayloadError:
-        raise  # the client's body broke: nothing to answer
-    except (aiohttp.ClientError, OSError):
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        if transfer.client_stalled:
+            raise UpstreamError(408, "client_stalled") from None
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            raise  # the client's body broke: nothing to answer
+        if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+            raise UpstreamError(504, "timeout") from None
         raise UpstreamError(502, "unreachable") from None
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -156,9 +161,17 @@ async def forward_request(
     return response
 
 
-async def _counted(stream: aiohttp.StreamReader, transfer: Transfer) -> Any:
-    """Yield the request body as it arrives, counting bytes."""
-    async for chunk in stream.iter_any():
+async def _counted(stream: aiohttp.StreamReader, transfer: Transfer, idle: float) -> Any:
+    """Yield the request body as it arrives, counting bytes; a stall longer than `idle` ends it."""
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await stream.readany()
+        except TimeoutError:
+            transfer.client_stalled = True
+            raise
+        if not chunk:
+            return
         transfer.sent += len(chunk)
         yield chunk
 

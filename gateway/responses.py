@@ -44,9 +44,9 @@ def unavailable() -> web.Response:
 
 
 def upstream_failure(status: int) -> web.Response:
-    """The upstream could not be reached (502) or timed out (504)."""
-    text = "502 Bad Gateway" if status == 502 else "504 Gateway Timeout"
-    return json_error(status, text)
+    """The upstream could not be reached (502) or timed out (504); the client stalled (408)."""
+    text = {502: "502 Bad Gateway", 504: "504 Gateway Timeout", 408: "408 Request Timeout"}[status]
+    return json_error(status, text, {"Connection": "close"} if status == 408 else None)
 
 
 def explain_message(decision: Decision) -> str:

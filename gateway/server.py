@@ -68,8 +68,13 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
     return context
 
 
-async def _start(app: web.Application, address: Address, **kw: Any) -> web.AppRunner:
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+async def _start(
+    app: web.Application, address: Address, idle_timeout: float = 75.0, **kw: Any
+) -> web.AppRunner:
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=DRAIN_SECONDS,
+        keepalive_timeout=idle_timeout,  # aiohttp also applies it before the first request
+    )  # fmt: skip
     await runner.setup()
     await web.TCPSite(runner, address.host, address.port, **kw).start()
     return runner
@@ -124,7 +129,8 @@ async def serve(config: Config, config_path: str, *, gateway: bool = True, contr
     if gateway:
         app = build_gateway(config)
         runners.append(
-            await _start(app, config.listen, ssl_context=_tls_context(config), reuse_port=reuse_port or None)
+            await _start(app, config.listen, config.idle_timeout, ssl_context=_tls_context(config),
+                         reuse_port=reuse_port or None)
         )
         store = app[STORE]
         registry = app[METRICS].registry

@@ -25,8 +25,6 @@ from .serving import BulkUpstream, JobgateProcess
 PKG = "/api/v4/projects/1/packages/generic/a/1/a"
 
 
-
-
 def register(gw: JobgateProcess) -> str:
     gw.admin("project", "set", "1", "--path", "f/app", "--visibility", "private")
     gw.admin("member", "set", "1", "7", "30")
@@ -216,3 +214,39 @@ def test_no_request_allowed_after_finish_returns(tmp_path: Path, redis_server: R
             thread.join()
         assert wrong == []
         assert (False, 200) in codes and (True, 404) in codes  # load ran on both sides of the finish
+
+
+def test_slow_clients_are_cut_off(tmp_path: Path, redis_server: RedisProcess, store: Store) -> None:
+    limits = {"idle_timeout": 1, "body_idle_timeout": 1}
+    with (
+        BulkUpstream(tmp_path) as bulk,
+        JobgateProcess(tmp_path, redis_server.url, {"packages": bulk.url}, limits=limits) as gw,
+    ):
+        token = register(gw)
+        # slowloris: headers trickled, never finished -> the connection is closed
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /api/v4/job HTTP/1.1\r\nHost: x\r\n")
+            closed = False
+            while time.monotonic() - started < 8:
+                try:
+                    sock.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    closed = True
+                    break
+                sock.settimeout(0.5)
+                try:
+                    if sock.recv(1024) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    pass
+            assert closed and time.monotonic() - started < 5
+        # trickled body: the upload stalls -> 408, the upstream request is abandoned
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            head = f"PUT {PKG} HTTP/1.1\r\nHost: x\r\nJOB-TOKEN: {token}\r\nContent-Length: 1000\r\n\r\n"
+            sock.sendall(head.encode() + b"x" * 10)
+            answer = sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        assert status(gw.url + PKG + "?size=10", {"JOB-TOKEN": token}) == 200
+        assert '"status":408' in gw.log()
