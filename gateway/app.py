@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import secrets
@@ -145,13 +146,17 @@ log = logging.getLogger("jobgate")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+_ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter: unique without a syscall
+_ID_COUNTER = itertools.count(1)
+
+
 @web.middleware
 async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, in-flight gauge, request metrics and one access-log line per request."""
     metrics = request.app[METRICS]
     request_id = request.headers.get("X-Request-Id", "")
     if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
-        request_id = secrets.token_hex(8)
+        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
     entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
     request[REQUEST_LOG] = entry
     metrics.in_flight.inc()

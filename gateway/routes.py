@@ -19,6 +19,7 @@ Template syntax, one item per path segment:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -30,6 +31,8 @@ GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER = 10, 20, 30, 40, 50
 MAX_PATH_LENGTH = 4096
 MAX_REPO_DEPTH = 20
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
+_PLAIN = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@._~-]*")  # segments `quote` would leave as they are
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class PathError(ValueError):
@@ -187,10 +190,10 @@ def split_path(raw_path: str) -> tuple[str, ...]:
     segments = []
     for i, raw in enumerate(raw_segments):
         try:
-            decoded = unquote_to_bytes(raw).decode("utf-8")
+            decoded = unquote_to_bytes(raw).decode("utf-8") if "%" in raw else raw
         except UnicodeDecodeError:
             raise PathError("path is not valid UTF-8") from None
-        if "\x00" in decoded or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+        if _CONTROL.search(decoded):
             raise PathError("control character in path")
         # also inside an encoded slash: an upstream that decodes %2F must not see `..` either
         if any(piece in (".", "..") for piece in decoded.replace("\\", "/").split("/")):
@@ -213,7 +216,7 @@ def _looks_encoded(text: str) -> bool:
 
 def canonical_path(segments: Sequence[str]) -> str:
     """The path the upstream receives: each decoded segment re-encoded the one canonical way."""
-    return "/" + "/".join(quote(s, safe=_SEGMENT_SAFE) for s in segments)
+    return "/" + "/".join(s if _PLAIN.fullmatch(s) else quote(s, safe=_SEGMENT_SAFE) for s in segments)
 
 
 def project_ref(segment: str) -> TargetRef | None:
