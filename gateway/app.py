@@ -73,6 +73,7 @@ class AccessRecorder:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def note(self, store: Store, decision: Decision, route: str) -> None:
+        """Count an allowed cross-project access (at most once a minute per key, in the background)."""
         source, target = decision.source, decision.target
         if source is None or target is None or source.id == target.id:
             return
