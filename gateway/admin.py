@@ -376,28 +376,46 @@ def cli_settings(args: argparse.Namespace) -> CliSettings:
     return CliSettings(args.redis_url or PRIVATE_REDIS_URL)
 
 
-def admin_main(args: argparse.Namespace) -> int:
-    """Run one `jobgate admin` command; exit 0, or 1 with the reason on stderr."""
+def run_cli(
+    args: argparse.Namespace,
+    name: str,
+    work: Callable[[Store, CliSettings], Awaitable[tuple[int, str]]],
+    refused: int,
+) -> int:
+    """Run one CLI command against Redis: print its text, map errors to exit codes.
+
+    2 a bad config file, `refused` a ControlError (its message on stderr), 3 Redis unreachable.
+    """
     try:
         settings = cli_settings(args)
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
-    url = settings.redis_url
 
-    async def run() -> str:
-        store = Store(connect(url, settings.timeout), settings.key_prefix)
+    async def run() -> tuple[int, str]:
+        store = Store(connect(settings.redis_url, settings.timeout), settings.key_prefix)
         try:
-            return await _run_admin(store, args)
+            return await work(store, settings)
         finally:
             await store.close()
 
     try:
-        print(asyncio.run(run()))
+        code, text = asyncio.run(run())
     except ControlError as exc:
-        print(f"jobgate admin: {exc}", file=sys.stderr)
-        return 1
+        print(f"jobgate {name}: {exc}", file=sys.stderr)
+        return refused
     except StoreUnavailable as exc:
-        print(f"jobgate admin: Redis at {url.split('@')[-1]} is unreachable ({exc})", file=sys.stderr)
+        where = settings.redis_url.split("@")[-1]
+        print(f"jobgate {name}: Redis at {where} is unreachable ({exc})", file=sys.stderr)
         return 3
-    return 0
+    print(text)
+    return code
+
+
+def admin_main(args: argparse.Namespace) -> int:
+    """Run one `jobgate admin` command; exit 0, or 1 with the reason on stderr."""
+
+    async def work(store: Store, settings: CliSettings) -> tuple[int, str]:
+        return 0, await _run_admin(store, args)
+
+    return run_cli(args, "admin", work, refused=1)

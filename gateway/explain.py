@@ -7,18 +7,16 @@ It routes the request, reads the same state and runs the same decide() as the ga
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .admin import cli_settings
-from .config import ConfigError, ScopeConfig
+from .admin import CliSettings, run_cli
+from .config import ScopeConfig
 from .decision import Check, Decision, decide
 from .responses import explain_message
 from .routes import PathError, match, split_path
-from .store import ControlError, Store, StoreUnavailable, connect, token_digest
+from .store import ControlError, Store, token_digest
 
 
 def add_explain_parser(sub: Any) -> None:
@@ -76,26 +74,8 @@ async def _explain(store: Store, args: argparse.Namespace, scope: ScopeConfig) -
 
 def explain_main(args: argparse.Namespace) -> int:
     """Print the explanation; exit 0 when allowed, 1 when denied, 2 on bad input, 3 Redis down."""
-    try:
-        settings = cli_settings(args)
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
-        return 2
 
-    async def run() -> tuple[int, str]:
-        store = Store(connect(settings.redis_url, settings.timeout), settings.key_prefix)
-        try:
-            return await _explain(store, args, settings.scope)
-        finally:
-            await store.close()
+    async def work(store: Store, settings: CliSettings) -> tuple[int, str]:
+        return await _explain(store, args, settings.scope)
 
-    try:
-        code, text = asyncio.run(run())
-    except ControlError as exc:
-        print(f"jobgate explain: {exc}", file=sys.stderr)
-        return 2
-    except StoreUnavailable as exc:
-        print(f"jobgate explain: Redis is unreachable ({exc})", file=sys.stderr)
-        return 3
-    print(text)
-    return code
+    return run_cli(args, "explain", work, refused=2)
