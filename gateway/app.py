@@ -39,7 +39,7 @@ from .observe import Metrics, RequestLog, access_log, method_label
 from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
 from .routes import Action, PathError, Protocol, RouteMatch, canonical_path, match, repo_ref, split_path
-from .store import Store, StoreUnavailable, TargetRef, connect, token_digest
+from .store import Store, StoreUnavailable, TargetRef, connect, credential_key
 
 
 @dataclass
@@ -265,20 +265,20 @@ def job_json(decision: Decision) -> web.Response:
 
 
 async def authorize(
-    app: web.Application, action: Action | None, target: TargetRef, digest: str | None
+    app: web.Application, action: Action | None, target: TargetRef, locator: str | None
 ) -> Decision:
-    """Read the state the token digest names and decide; StoreUnavailable fails closed."""
-    if digest is None:
+    """Read the state the token's `credential_key` names and decide; StoreUnavailable fails closed."""
+    if locator is None:
         return Decision(Reason.NO_CREDENTIAL, action=action)
     cache, metrics = app[CACHE], app[METRICS]
-    key = cache.key(digest, target)
-    state = cache.get(key)
+    entry = cache.key(locator, target)
+    state = cache.get(entry)
     if state is None:
         generation = cache.generation
         started = time.perf_counter()
-        state = await app[STORE].read_access_digest(digest, target)
+        state = await app[STORE].read_access_key(locator, target)
         metrics.redis_seconds.observe(time.perf_counter() - started)
-        cache.put(key, state, generation)
+        cache.put(entry, state, generation)
         metrics.cache.labels("miss" if cache.available else "bypass").inc()
     else:
         metrics.cache.labels("hit").inc()
@@ -320,10 +320,10 @@ async def registry_token(request: web.Request) -> web.Response:
     if credential is None:
         return registry.unauthorized()
     entry.token = credential.token
-    digest, now = token_digest(credential.token), time.time()
+    locator, now = credential_key(credential.token), time.time()
     access: list[dict[str, object]] = []
     try:
-        decision = await authorize(app, None, TargetRef(), digest)
+        decision = await authorize(app, None, TargetRef(), locator)
         _record(entry, metrics, decision)
         if not decision.allowed:
             return registry.unauthorized()
@@ -331,14 +331,14 @@ async def registry_token(request: web.Request) -> web.Response:
             target = repo_ref(name.split("/")) or TargetRef()
             granted = [
                 wanted for wanted in actions
-                if (await authorize(app, registry.ACTIONS[wanted], target, digest)).allowed
+                if (await authorize(app, registry.ACTIONS[wanted], target, locator)).allowed
             ]  # fmt: skip
             access.append({"type": "repository", "name": name, "actions": granted})
     except StoreUnavailable:
         metrics.redis_errors.inc()
         return responses.unavailable()
     issuer = app[ISSUER]
-    return registry.token_response(issuer.mint(digest, access, now), issuer.ttl, now)
+    return registry.token_response(issuer.mint(locator, access, now), issuer.ttl, now)
 
 
 @dataclass(frozen=True)
@@ -387,9 +387,9 @@ async def evaluate(
         return responses.bad_request(str(exc))
     entry.token = credential.token if credential else None
     grant = _registry_grant(request) if is_registry and credential is None else None
-    digest = token_digest(credential.token) if credential else grant.digest if grant else None
+    locator = credential_key(credential.token) if credential else grant.key if grant else None
     try:
-        decision = await authorize(app, route.action, matched.target, digest)
+        decision = await authorize(app, route.action, matched.target, locator)
         if limit and decision.reason is Reason.UNKNOWN_TOKEN:
             blocked = await app[LIMITER].fail(app[STORE], client, limit)
             if blocked:

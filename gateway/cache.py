@@ -25,7 +25,7 @@ CacheKey = tuple[str, int | None, tuple[str, ...]]
 
 
 class DecisionCache:
-    """AccessState by (token digest, target), tagged by job, projects and token for invalidation."""
+    """AccessState by (credential key, target), tagged by job, projects and token for invalidation."""
 
     def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
         self.ttl = ttl
@@ -44,9 +44,9 @@ class DecisionCache:
         return len(self._entries)
 
     @staticmethod
-    def key(digest: str, target: TargetRef) -> CacheKey:
-        """The cache key of one read."""
-        return digest, target.project_id, target.paths
+    def key(locator: str, target: TargetRef) -> CacheKey:
+        """The cache key of one read: the token's credential key and the target."""
+        return locator, target.project_id, target.paths
 
     def get(self, key: CacheKey) -> AccessState | None:
         """The cached state, or None (miss, expired, or cache not usable)."""
@@ -64,7 +64,7 @@ class DecisionCache:
         """Remember a state read at `generation`, unless an invalidation happened meanwhile."""
         if not self.available or generation != self.generation or state.kind is TokenKind.UNKNOWN:
             return
-        tags = [f"tok:{key[0]}"]
+        tags = [f"tok:{key[0][2:]}"] if key[0].startswith("t:") else []
         if state.job is not None:
             tags.append(f"job:{state.job.id}")
         if state.source is not None:

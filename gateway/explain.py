@@ -16,7 +16,7 @@ from .config import ScopeConfig
 from .decision import Check, Decision, decide
 from .responses import explain_message
 from .routes import PathError, match, split_path
-from .store import ControlError, Store, token_digest
+from .store import ControlError, Store, credential_key
 
 
 def add_explain_parser(sub: Any) -> None:
@@ -56,12 +56,12 @@ async def _explain(store: Store, args: argparse.Namespace, scope: ScopeConfig) -
     if matched is None:
         return 1, f"request   {method} {parts.path}\nroute     none (unlisted)\ndecision  DENY (404)"
     if args.job is not None:
-        digest = await store.job_token_digest(args.job)
-        if digest is None:
+        locator = await store.job_credential_key(args.job)
+        if locator is None:
             raise ControlError(f"job {args.job} does not exist")
     else:
-        digest = token_digest(args.token)
-    state = await store.read_access_digest(digest, matched.target)
+        locator = credential_key(args.token)
+    state = await store.read_access_key(locator, matched.target)
     checks: list[Check] = []
     decision = decide(matched.route.action, state, time.time(), scope, checks)
     action = matched.route.action

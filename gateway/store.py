@@ -7,10 +7,12 @@ scripts below run unchanged on a cluster):
 ====================  ======  ==========================================================
 key                   type    content
 ====================  ======  ==========================================================
-``tok:<sha256>``      string  ``j:<job id>`` for a job token, ``t:<project>:<owner>`` for
-                              a trigger token; only the SHA-256 of a token is stored
-``job:<id>``          hash    project, user, status, erased, pipeline, name, ref,
-                              expires (unix seconds), tok (the token digest)
+``job:<id>``          hash    one key per job: ``p`` project, ``u`` user, ``s`` status,
+                              ``e`` erased, ``x`` expiry (unix seconds), ``pl`` pipeline,
+                              ``n`` name, ``r`` ref, ``d`` the job token's SHA-256 (32 raw
+                              bytes). A job token names its job (``glcbt-<id>_<secret>``),
+                              so it is found by id and checked against ``d``.
+``tok:<sha256 hex>``  string  ``t:<project>:<owner>`` for a pipeline trigger token
 ``prj:<id>``          hash    path, visibility, pending_delete, scope (outbound limit
                               on), inbound (inbound limit on)
 ``path:<path>``       string  project id for a lower-cased full path
@@ -31,6 +33,7 @@ key                   type    content
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Sequence
@@ -80,6 +83,20 @@ class ControlError(Exception):
 def token_digest(token: str) -> str:
     """The SHA-256 hex digest under which a token is stored."""
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def credential_key(token: str) -> str:
+    """How the store finds a token: `j:<job id>:<sha256>` for a job token, `t:<sha256>` else.
+
+    Only the digest part is ever compared or stored; the key is what caches and registry
+    tokens carry instead of the token.
+    """
+    digest = token_digest(token)
+    if token.startswith(JOB_TOKEN_PREFIX):
+        job_id, sep, _ = token[len(JOB_TOKEN_PREFIX) :].partition("_")
+        if sep and job_id.isdigit() and job_id.isascii() and len(job_id) < 19:
+            return f"j:{int(job_id)}:{digest}"
+    return f"t:{digest}"
 
 
 class TokenKind(StrEnum):
@@ -160,18 +177,15 @@ class TargetRef:
 _READ_ACCESS = """
 local p = KEYS[1]
 local out = {}
-local tok = redis.call('GET', p .. 'tok:' .. ARGV[1])
-if not tok then return {''} end
-local kind = string.sub(tok, 1, 1)
 local source_id, user_id
-if kind == 'j' then
-  local jid = string.sub(tok, 3)
-  local job = redis.call('HMGET', p .. 'job:' .. jid,
-    'project', 'user', 'status', 'erased', 'expires', 'pipeline', 'name', 'ref')
-  if not job[1] then return {''} end
-  out = {'j', jid, job[1], job[2], job[3], job[4], job[5], job[6] or '', job[7] or '', job[8] or ''}
+if ARGV[1] == 'j' then
+  local job = redis.call('HMGET', p .. 'job:' .. ARGV[2], 'p', 'u', 's', 'e', 'x', 'pl', 'n', 'r', 'd')
+  if not job[1] or job[9] ~= ARGV[3] then return {''} end
+  out = {'j', ARGV[2], job[1], job[2], job[3], job[4], job[5], job[6] or '', job[7] or '', job[8] or ''}
   source_id, user_id = job[1], job[2]
 else
+  local tok = redis.call('GET', p .. 'tok:' .. ARGV[2])
+  if not tok or string.sub(tok, 1, 2) ~= 't:' then return {''} end
   local rest = string.sub(tok, 3)
   local sep = string.find(rest, ':', 1, true)
   source_id, user_id = string.sub(rest, 1, sep - 1), string.sub(rest, sep + 1)
@@ -181,10 +195,10 @@ local fields = {'path', 'visibility', 'pending_delete', 'scope', 'inbound'}
 local src = redis.call('HMGET', p .. 'prj:' .. source_id, unpack(fields))
 for i = 1, 5 do out[#out + 1] = src[i] or '' end
 local target_id = false
-if ARGV[2] == 'id' then
-  target_id = ARGV[3]
-elseif ARGV[2] == 'path' then
-  for i = 3, #ARGV do
+if ARGV[4] == 'id' then
+  target_id = ARGV[5]
+elseif ARGV[4] == 'path' then
+  for i = 5, #ARGV do
     target_id = redis.call('GET', p .. 'path:' .. ARGV[i])
     if target_id then break end
   end
@@ -256,10 +270,9 @@ if redis.call('EXISTS', p .. 'prj:' .. project) == 0 then
 end
 local key = p .. 'job:' .. id
 if redis.call('EXISTS', key) == 1 then return {err = 'job ' .. id .. ' already exists'} end
-redis.call('HSET', key, 'project', project, 'user', ARGV[4], 'status', 'running', 'erased', '0',
-  'expires', ARGV[5], 'pipeline', ARGV[6], 'name', ARGV[7], 'ref', ARGV[8], 'tok', digest)
+redis.call('HSET', key, 'p', project, 'u', ARGV[4], 's', 'running', 'e', '0',
+  'x', ARGV[5], 'pl', ARGV[6], 'n', ARGV[7], 'r', ARGV[8], 'd', digest)
 redis.call('EXPIREAT', key, tonumber(ARGV[9]))
-redis.call('SET', p .. 'tok:' .. digest, 'j:' .. id, 'EXAT', tonumber(ARGV[9]))
 return 1
 """
 
@@ -268,7 +281,7 @@ local p, id = KEYS[1], ARGV[1]
 local key = p .. 'job:' .. id
 if redis.call('EXISTS', key) == 0 then return {err = 'job ' .. id .. ' does not exist'} end
 redis.call('HSET', key, ARGV[2], ARGV[3])
-return redis.call('HGET', key, 'status')
+return redis.call('HGET', key, 's')
 """
 
 _CREATE_TRIGGER = """
@@ -482,16 +495,22 @@ class Store:
 
     async def read_access(self, token: str, target: TargetRef) -> AccessState:
         """Everything a decision needs about a token and a target project, in one round trip."""
-        return await self.read_access_digest(token_digest(token), target)
+        return await self.read_access_key(credential_key(token), target)
 
-    async def read_access_digest(self, digest: str, target: TargetRef) -> AccessState:
-        """`read_access` for a token known only by its SHA-256 digest."""
-        if target.project_id is not None:
-            args: list[Any] = [digest, "id", target.project_id]
-        elif target.paths:
-            args = [digest, "path", *(p.lower() for p in target.paths)]
+    async def read_access_key(self, key: str, target: TargetRef) -> AccessState:
+        """`read_access` for a token known only by its `credential_key`."""
+        kind, _, rest = key.partition(":")
+        if kind == "j":
+            job_id, _, digest = rest.partition(":")
+            token_args: list[Any] = ["j", job_id, bytes.fromhex(digest)]
         else:
-            args = [digest, "none"]
+            token_args = ["t", rest, ""]
+        if target.project_id is not None:
+            args: list[Any] = [*token_args, "id", target.project_id]
+        elif target.paths:
+            args = [*token_args, "path", *(p.lower() for p in target.paths)]
+        else:
+            args = [*token_args, "none"]
         return parse_access(await self._call(self._read_access, args))
 
     # -- control plane --------------------------------------------------------
@@ -589,12 +608,12 @@ class Store:
         if timeout <= 0:
             raise ControlError("timeout must be a positive number of seconds")
         now = time.time() if now is None else now
-        token = JOB_TOKEN_PREFIX + secrets.token_urlsafe(30)
-        expires = now + timeout
+        token = f"{JOB_TOKEN_PREFIX}{job_id}_{secrets.token_urlsafe(30)}"
+        expires = math.ceil(now + timeout)
         await self._call(
             self._start_job,
             [
-                job_id, project_id, token_digest(token), user_id, f"{expires:.3f}",
+                job_id, project_id, bytes.fromhex(token_digest(token)), user_id, expires,
                 "" if pipeline_id is None else pipeline_id, name, ref,
                 int(expires) + JOB_RETENTION_SECONDS,
             ],
@@ -605,13 +624,13 @@ class Store:
         """Set a job's final status; a non-executing status revokes its token at once."""
         if status not in FINISH_STATUSES:
             raise ControlError(f"status must be one of {', '.join(FINISH_STATUSES)}")
-        result = await self._call(self._update_job, [job_id, "status", status])
+        result = await self._call(self._update_job, [job_id, "s", status])
         await self.announce(f"job:{job_id}")
         return _text(result)
 
     async def erase_job(self, job_id: int) -> None:
         """Mark a job erased, which revokes its token."""
-        await self._call(self._update_job, [job_id, "erased", "1"])
+        await self._call(self._update_job, [job_id, "e", "1"])
         await self.announce(f"job:{job_id}")
 
     async def count_failure(self, client: str, window: int = 60) -> int:
@@ -657,13 +676,15 @@ class Store:
             item["covered_by"] = covering[0] if covering else None
         return sorted(sources.values(), key=lambda i: (i["covered_by"] is not None, i["source"]))
 
-    async def job_token_digest(self, job_id: int) -> str | None:
-        """The digest of a job's token (for `jobgate explain --job`), None for an unknown job."""
+    async def job_credential_key(self, job_id: int) -> str | None:
+        """The credential key of a job's token (for `jobgate explain --job`); None: no such job."""
         try:
-            digest = await self.client.hget(f"{self.prefix}job:{job_id}", "tok")
+            digest = await self.client.hget(f"{self.prefix}job:{job_id}", "d")
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(type(exc).__name__) from None
-        return _text(digest) if digest else None
+        if not isinstance(digest, bytes):
+            return None
+        return f"j:{job_id}:{digest.hex()}"
 
     async def get_job(self, job_id: int) -> dict[str, str] | None:
         """A job's recorded fields, for the admin API."""
@@ -673,9 +694,9 @@ class Store:
             raise StoreUnavailable(type(exc).__name__) from None
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
-        fields.pop("tok", None)
-        return fields
+        names = {"p": "project", "u": "user", "s": "status", "e": "erased", "x": "expires",
+                 "pl": "pipeline", "n": "name", "r": "ref"}  # fmt: skip
+        return {names[_text(k)]: _text(v) for k, v in raw.items() if _text(k) in names}
 
     async def create_trigger(self, project_id: int, owner_id: int) -> str:
         """Create a pipeline trigger token for a project, acting as its owner."""

@@ -296,12 +296,15 @@ async def test_redis_down_is_503(
 
 async def test_only_token_digests_are_stored(world: World) -> None:
     token = world.tokens["100"]
+    trigger = await world.store.create_trigger(1, 7)
     keys = [k.decode() async for k in world.store.client.scan_iter()]
-    assert any(token_digest(token) in k for k in keys)
+    stored = await world.store.client.hget(f"{world.store.prefix}job:100", "d")
+    assert stored == bytes.fromhex(token_digest(token))  # the job token: its digest, in its job
+    assert f"{world.store.prefix}tok:{token_digest(trigger)}" in keys  # a trigger token: likewise
     for key in keys:
-        assert token not in key
+        assert token not in key and trigger not in key
         dump = await world.store.client.dump(key)
-        assert token.encode() not in dump
+        assert token.encode() not in dump and trigger.encode() not in dump
 
 
 # -- pass-through of HTTP semantics -----------------------------------------------------

@@ -13,7 +13,7 @@ def test_issuer_roundtrip_and_forgeries() -> None:
     issuer = TokenIssuer("secret", ttl=60)
     token = issuer.mint("d" * 64, [{"type": "repository", "name": "g/app", "actions": ["pull"]}], 1000.0)
     grant = issuer.verify(token, 1010.0)
-    assert grant is not None and grant.digest == "d" * 64 and grant.access == {"g/app": {"pull"}}
+    assert grant is not None and grant.key == "d" * 64 and grant.access == {"g/app": {"pull"}}
     assert issuer.verify(token, 1061.0) is None  # expired
     assert TokenIssuer("other").verify(token, 1010.0) is None  # another secret
     header, payload, signature = token.split(".")

@@ -36,7 +36,7 @@ MAX_SCOPES = 16
 class Grant:
     """A verified registry token: whose job token it stands for and what it allows."""
 
-    digest: str
+    key: str  # the job token's credential key (job id and digest), never the token
     access: dict[str, frozenset[str]]
 
     def allows(self, repository: str, action: Action | None) -> bool:
@@ -64,13 +64,13 @@ class TokenIssuer:
     def _sign(self, signing_input: str) -> str:
         return _b64(hmac.new(self._key, signing_input.encode(), hashlib.sha256).digest())
 
-    def mint(self, digest: str, access: list[dict[str, object]], now: float) -> str:
-        """A registry token for the job token with SHA-256 `digest`."""
+    def mint(self, key: str, access: list[dict[str, object]], now: float) -> str:
+        """A registry token for the job token with credential key `key`."""
         header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
         claims = {
             "iss": ISSUER, "aud": SERVICE, "sub": "gitlab-ci-token", "jti": secrets.token_hex(12),
             "iat": int(now), "nbf": int(now) - 5, "exp": int(now) + self.ttl,
-            "access": access, "jgd": digest,
+            "access": access, "jgk": key,
         }  # fmt: skip
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{header}.{payload}.{self._sign(header + '.' + payload)}"
@@ -89,7 +89,7 @@ class TokenIssuer:
                 for entry in claims["access"]
                 if entry.get("type") == "repository"
             }
-            return Grant(str(claims["jgd"]), access)
+            return Grant(str(claims["jgk"]), access)
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
