@@ -35,7 +35,7 @@ from .credentials import (
     extract_credential,
 )
 from .decision import Decision, Reason, decide
-from .observe import Metrics, RequestLog, access_log, method_label
+from .observe import Metrics, RequestLog, access_log
 from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
 from .routes import Action, PathError, Protocol, RouteMatch, canonical_path, match, repo_ref, split_path
@@ -151,9 +151,16 @@ _ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter: unique w
 _ID_COUNTER = itertools.count(1)
 
 
-@web.middleware
-async def observe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, in-flight gauge, request metrics and one access-log line per request."""
+def observed(handler: Handler) -> Handler:
+    """Wrap a gateway handler: request id, in-flight gauge, metrics, one access-log line."""
+
+    async def observe(request: web.Request) -> web.StreamResponse:
+        return await _observe(request, handler)
+
+    return observe
+
+
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     metrics = request.app[METRICS]
     request_id = request.headers.get("X-Request-Id", "")
     if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
@@ -176,8 +183,7 @@ async def observe_middleware(request: web.Request, handler: Handler) -> web.Stre
         return responses.json_error(500, "500 Internal Server Error")
     finally:
         metrics.in_flight.dec()
-        metrics.requests.labels(entry.route, method_label(request.method), str(entry.status)).inc()
-        metrics.request_seconds.labels(entry.route).observe(time.perf_counter() - entry.started)
+        metrics.count_request(entry.route, request.method, entry.status, time.perf_counter() - entry.started)
         access_log.write(entry.line())
     response.headers["X-Request-Id"] = request_id
     return response
@@ -522,7 +528,7 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Application:
     """The gateway application: every path goes through `handle`."""
-    app = web.Application(middlewares=[observe_middleware], client_max_size=config.max_form_body)
+    app = web.Application(client_max_size=config.max_form_body)
     app[RUNTIME] = Runtime(config)
     app[RECORDER] = AccessRecorder()
     app[LIMITER] = FailureLimiter()
@@ -532,8 +538,8 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
         config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl
     )
     app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _sessions_ctx])
-    app.router.add_get("/jwt/auth", registry_token)
-    app.router.add_route("*", FORWARD_AUTH_PATH, forward_auth)
-    app.router.add_route("*", FORWARD_AUTH_PATH + "/{tail:.*}", forward_auth)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_get("/jwt/auth", observed(registry_token))
+    app.router.add_route("*", FORWARD_AUTH_PATH, observed(forward_auth))
+    app.router.add_route("*", FORWARD_AUTH_PATH + "/{tail:.*}", observed(forward_auth))
+    app.router.add_route("*", "/{tail:.*}", observed(handle))
     return app

@@ -148,6 +148,19 @@ class Metrics:
         self.redis_errors = Counter(
             "jobgate_redis_errors_total", "Redis reads that failed (answered 503).", registry=r
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration (label children resolved once)."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            method = method_label(method)
+            children = (self.requests.labels(route, method, str(status)), self.request_seconds.labels(route))
+            if len(self._request_children) < 10_000:
+                self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 @dataclass
