@@ -11,6 +11,7 @@ processes are sampled throughout. Prints a summary and writes it under bench/res
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -51,6 +52,8 @@ def call(url: str, method: str = "GET", headers: dict[str, str] | None = None, b
             return int(response.status), response.read()
     except urllib.error.HTTPError as error:
         return int(error.code), error.read()
+    except (OSError, http.client.HTTPException) as error:  # a broken transfer is an answer too
+        return 0, f"{type(error).__name__}: {error}".encode()
 
 
 def sample(pids: list[int]) -> dict[str, int]:
@@ -133,7 +136,9 @@ def main() -> int:
                     token, expected, size = f"glcbt-unknown-{random.random()}", {404}, 64
                 code, body = call(f"{gw.url}{PKG}?size={size}", headers={"JOB-TOKEN": token})
                 counts[f"{kind} {code}"] += 1
-                if code >= 500:
+                if code == 0:  # no HTTP answer at all: a dropped connection or a timeout
+                    problems.append(f"{kind}: no answer ({body.decode()[:200]})")
+                elif code >= 500:
                     problems.append(f"{kind}: unexpected {code}")
                 elif code not in expected:
                     problems.append(f"{kind}: wrong decision {code} (expected {sorted(expected)})")
@@ -145,9 +150,14 @@ def main() -> int:
                     if not finishing:
                         problems.append(f"{kind}: a running job's token was denied")
 
-        threads = [threading.Thread(target=control)]
-        threads += [threading.Thread(target=traffic, args=(k,)) for k in
-                    ("allowed", "allowed", "denied", "unknown", "streaming")]  # fmt: skip
+        def guarded(kind: str) -> None:  # a thread that dies must fail the soak, not thin it out
+            try:
+                control() if kind == "control" else traffic(kind)
+            except Exception as error:
+                problems.append(f"{kind} thread died: {type(error).__name__}: {error}")
+
+        threads = [threading.Thread(target=guarded, args=(k,)) for k in
+                   ("control", "allowed", "allowed", "denied", "unknown", "streaming")]  # fmt: skip
         for thread in threads:
             thread.start()
         while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ def test_soak_smoke_has_no_wrong_decision() -> None:
         env={**os.environ, "SOAK_SECONDS": "4"},
     )  # fmt: skip
     summary = json.loads((ROOT / "bench" / "results" / "soak-smoke.json").read_text())
-    assert result.returncode == 0, summary["problems"]
+    assert result.returncode == 0, (summary["problems"], result.stderr[-2000:])
     assert summary["problem_count"] == 0 and summary["jobs_finished"] > 0
     outcomes = summary["by_outcome"]
     assert outcomes.get("allowed 200", 0) > 0 and outcomes.get("denied 404", 0) > 0
