@@ -16,12 +16,18 @@ def _blob(root: Path, data: bytes) -> tuple[str, int]:
     return f"sha256:{digest}", len(data)
 
 
-def write_oci_layout(root: Path, tag: str, files: dict[str, bytes]) -> str:
+def write_oci_layout(root: Path | str, tag: str, files: dict[str, bytes]) -> str:
     """Write an OCI layout at `root` with one layer holding `files`; the manifest digest."""
+    root = Path(root)
     (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
     (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     raw = io.BytesIO()
+    parents = sorted({str(parent) for name in files for parent in Path(name).parents} - {"."})
     with tarfile.open(fileobj=raw, mode="w") as tar:
+        for directory in parents:  # explicit directory entries, as image builders write them
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
+            tar.addfile(info)
         for name, content in sorted(files.items()):
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(content), 0o644, 0
