@@ -38,7 +38,7 @@ from .decision import Decision, Reason, decide
 from .observe import Metrics, RequestLog, access_log
 from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
-from .routes import Action, PathError, Protocol, RouteMatch, canonical_path, match, repo_ref, split_path
+from .routes import Action, PathError, Protocol, RouteMatch, match, normalize_path, repo_ref
 from .store import Store, StoreUnavailable, TargetRef, connect, credential_key
 
 
@@ -285,9 +285,9 @@ async def authorize(
         state = await app[STORE].read_access_key(locator, target)
         metrics.redis_seconds.observe(time.perf_counter() - started)
         cache.put(entry, state, generation)
-        metrics.cache.labels("miss" if cache.available else "bypass").inc()
+        metrics.count_cache("miss" if cache.available else "bypass")
     else:
-        metrics.cache.labels("hit").inc()
+        metrics.count_cache("hit")
     return decide(action, state, time.time(), app[RUNTIME].config.scope)
 
 
@@ -309,7 +309,7 @@ def _record(entry: RequestLog, metrics: Metrics, decision: Decision) -> None:
     entry.job_id = decision.job.id if decision.job else None
     entry.source_project = decision.source.id if decision.source else None
     entry.target_project = decision.target.id if decision.target else None
-    metrics.decisions.labels("allow" if decision.allowed else "deny", decision.reason.value).inc()
+    metrics.count_decision(decision.allowed, decision.reason.value)
 
 
 async def registry_token(request: web.Request) -> web.Response:
@@ -354,6 +354,7 @@ class Verdict:
     matched: RouteMatch
     decision: Decision
     credential: Credential | None
+    path: str  # the canonical path the upstream receives
     body: Any = None  # the trigger form without its token, when one was read
 
 
@@ -374,7 +375,7 @@ async def evaluate(
         entry.reason = "rate_limited"
         return responses.too_many(blocked)
     try:
-        segments = split_path(target.partition("?")[0])
+        segments, path = normalize_path(target.partition("?")[0])
     except PathError as exc:
         return responses.bad_request(str(exc))
     matched = match(method, segments, query)
@@ -415,7 +416,7 @@ async def evaluate(
         scope = f"repository:{repository}:{wanted}" if repository and wanted else None
         return responses.denial(decision, route.protocol, config.explain, _realm(request, config), scope)
     app[RECORDER].note(app[STORE], decision, route.name)
-    return Verdict(matched, decision, credential, body)
+    return Verdict(matched, decision, credential, path, body)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -436,7 +437,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     secret_params = {JOB_TOKEN_PARAM, TOKEN_PARAM} if route.token_param else {JOB_TOKEN_PARAM}
     forward = Forward(
         upstream=upstream,
-        path=upstream.upstream_path(canonical_path(verdict.matched.segments)),
+        path=upstream.upstream_path(verdict.path),
         query=filter_query(
             request.raw_path.partition("?")[2],
             set(route.strip_query) if pass_token else secret_params | set(route.strip_query),
@@ -457,9 +458,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         metrics.upstream_errors.labels(upstream.name, "broken").inc()
         raise
     finally:
-        metrics.upstream_seconds.labels(upstream.name).observe(time.perf_counter() - started)
-        metrics.bytes.labels(upstream.name, "up").inc(transfer.sent)
-        metrics.bytes.labels(upstream.name, "down").inc(transfer.received)
+        metrics.count_upstream(upstream.name, time.perf_counter() - started, transfer.sent, transfer.received)
         entry.bytes_in, entry.bytes_out = transfer.sent, transfer.received
 
 

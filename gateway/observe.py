@@ -11,6 +11,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -148,7 +149,37 @@ class Metrics:
         self.redis_errors = Counter(
             "jobgate_redis_errors_total", "Redis reads that failed (answered 503).", registry=r
         )
+        # Label children resolved once: `labels()` costs more than the increment itself.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._cache_children = {result: self.cache.labels(result) for result in ("hit", "miss", "bypass")}
+        self._decision_children: dict[tuple[bool, str], Any] = {}
+        self._upstream_children: dict[str, tuple[Any, Any, Any]] = {}
+
+    def count_cache(self, result: str) -> None:
+        """Count one decision-cache lookup: hit, miss or bypass."""
+        self._cache_children[result].inc()
+
+    def count_decision(self, allowed: bool, reason: str) -> None:
+        """Count one authorization decision (reasons are a closed set)."""
+        child = self._decision_children.get((allowed, reason))
+        if child is None:
+            child = self.decisions.labels("allow" if allowed else "deny", reason)
+            self._decision_children[(allowed, reason)] = child
+        child.inc()
+
+    def count_upstream(self, upstream: str, seconds: float, sent: int, received: int) -> None:
+        """Count one upstream exchange: its duration and the body bytes each way."""
+        children = self._upstream_children.get(upstream)
+        if children is None:
+            children = (self.upstream_seconds.labels(upstream), self.bytes.labels(upstream, "up"),
+                        self.bytes.labels(upstream, "down"))  # fmt: skip
+            if len(self._upstream_children) < 1_000:
+                self._upstream_children[upstream] = children
+        children[0].observe(seconds)
+        if sent:
+            children[1].inc(sent)
+        if received:
+            children[2].inc(received)
 
     def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration (label children resolved once)."""
@@ -187,26 +218,34 @@ class RequestLog:
         return f"RequestLog(request_id={self.request_id!r}, route={self.route!r})"
 
     def line(self) -> str:
-        """The access-log line, with the token masked wherever it might appear."""
-        record: dict[str, Any] = {
-            "time": round(time.time(), 3),
-            "request_id": self.request_id,
-            "pid": os.getpid(),
-            "remote": self.remote,
-            "method": self.method,
-            "path": self.path,
-            "route": self.route,
-            "status": self.status,
-            "reason": self.reason,
-            "job_id": self.job_id,
-            "source_project": self.source_project,
-            "target_project": self.target_project,
-            "upstream": self.upstream,
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "duration_ms": round((time.perf_counter() - self.started) * 1000, 3),
-        }
-        return mask(json.dumps(record, separators=(",", ":")), self.token)
+        """The access-log line (JSON), with the token masked wherever it might appear.
+
+        Only the request id and the path come from the client, so only they are masked;
+        built as one f-string because it runs on every request.
+        """
+        token = self.token
+        return (
+            f'{{"time":{time.time():.3f},"request_id":{_json_str(mask(self.request_id, token))},'
+            f'"pid":{_PID[0]},"remote":{_json_str(self.remote)},"method":{_json_str(self.method)},'
+            f'"path":{_json_str(mask(self.path, token))},"route":{_json_str(self.route)},'
+            f'"status":{self.status},"reason":{_json_str(self.reason)},"job_id":{_json_int(self.job_id)},'
+            f'"source_project":{_json_int(self.source_project)},'
+            f'"target_project":{_json_int(self.target_project)},"upstream":{_json_str(self.upstream)},'
+            f'"bytes_in":{self.bytes_in},"bytes_out":{self.bytes_out},'
+            f'"duration_ms":{(time.perf_counter() - self.started) * 1000:.3f}}}'
+        )
+
+
+_PID = [os.getpid()]  # refreshed in forked workers
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def _json_str(value: str | None) -> str:
+    return "null" if value is None else encode_basestring_ascii(value)
+
+
+def _json_int(value: int | None) -> str:
+    return "null" if value is None else str(value)
 
 
 class _JSONFormatter(logging.Formatter):

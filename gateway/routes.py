@@ -33,6 +33,9 @@ MAX_REPO_DEPTH = 20
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 _PLAIN = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@._~-]*")  # segments `quote` would leave as they are
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A path every check would pass unchanged: plain segments, no dot segment, no empty inner
+#: segment. Such a path splits on "/" as it is and is already canonical.
+_PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9!$&'()*+,;=:@._~-]+)*/?")
 
 
 class PathError(ValueError):
@@ -77,12 +80,16 @@ class Route:
     query: tuple[tuple[str, str], ...] = ()  # required query parameters
     strip_query: tuple[str, ...] = ()  # query parameters never forwarded
     segments: tuple[str, ...] = field(init=False, repr=False)
+    prefix: tuple[str, ...] = field(init=False, repr=False)  # the leading literal segments
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "segments", tuple(self.template[1:].split("/")))
+        segments = tuple(self.template[1:].split("/"))
+        literal = next((i for i, item in enumerate(segments) if item.startswith("{")), len(segments))
+        object.__setattr__(self, "segments", segments)
+        object.__setattr__(self, "prefix", segments[:literal])
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RouteMatch:
     """A request path matched to a route, with the target it names."""
 
@@ -176,6 +183,18 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
+def normalize_path(raw_path: str) -> tuple[tuple[str, ...], str]:
+    """The decoded segments of a raw request path and the canonical path the upstream receives.
+
+    Raises PathError like `split_path`. A path of plain segments (most of them) is its own
+    canonical form and needs no decoding.
+    """
+    if len(raw_path) <= MAX_PATH_LENGTH and raw_path[:1] == "/" and _PLAIN_PATH.fullmatch(raw_path):
+        return tuple(raw_path[1:].split("/")), raw_path
+    segments = split_path(raw_path)
+    return segments, canonical_path(segments)
+
+
 def split_path(raw_path: str) -> tuple[str, ...]:
     """Decode a raw request path into segments, rejecting anything ambiguous.
 
@@ -240,34 +259,49 @@ def repo_ref(segments: Sequence[str]) -> TargetRef | None:
 
 
 def _match_segments(
-    template: Sequence[str], segments: Sequence[str], params: dict[str, str]
+    template: Sequence[str], segments: Sequence[str], params: dict[str, str], start: int = 0
 ) -> TargetRef | bool | None:
-    """Match segments against a template; the TargetRef named (True when none), or False."""
+    """Match segments against a template from `start` (the items before it already matched);
+    the TargetRef named (True when none), or False."""
     target: TargetRef | bool | None = True
-    for i, item in enumerate(template):
-        if item == "{rest*}":
+    count = len(segments)
+    for i in range(start, len(template)):
+        item = template[i]
+        if item[:1] != "{":
+            if i >= count or item != segments[i]:
+                return False
+        elif item == "{rest*}":
             params["rest"] = "/".join(segments[i:])
             return target
-        if item == "{repo+}":
+        elif item == "{repo+}":
             tail = template[i + 1 :]
             fixed = sum(1 for t in tail if t != "{rest*}")
-            for split in range(len(segments) - fixed, i, -1):  # longest repository first
+            for split in range(count - fixed, i, -1):  # longest repository first
                 if _match_segments(tail, segments[split:], params) is not False:
                     params["repo"] = "/".join(segments[i:split])
                     return repo_ref(segments[i:split]) or False
             return False
-        if i >= len(segments):
+        elif i >= count:
             return False
-        segment = segments[i]
-        if item == "{project}":
-            target = project_ref(segment) or False
+        elif item == "{project}":
+            target = project_ref(segments[i]) or False
             if target is False:
                 return False
-        elif item.startswith("{"):
-            params[item.strip("{}")] = segment
-        elif item != segment:
-            return False
-    return target if len(segments) == len(template) else False
+        else:
+            params[item[1:-1]] = segments[i]
+    return target if count == len(template) else False
+
+
+def _index(routes: Sequence[Route]) -> tuple[dict[str, tuple[Route, ...]], tuple[Route, ...]]:
+    """Routes by the literal first segment they need; a template starting with a
+    placeholder is a candidate for every path. Table order is kept within each list."""
+    open_first = tuple(r for r in routes if not r.prefix)
+    firsts = {r.prefix[0] for r in routes if r.prefix}
+    by_first = {f: tuple(r for r in routes if not r.prefix or r.prefix[0] == f) for f in firsts}
+    return by_first, open_first
+
+
+_ROUTE_INDEX = _index(ROUTES)
 
 
 def match(
@@ -277,13 +311,18 @@ def match(
     routes: Sequence[Route] = ROUTES,
 ) -> RouteMatch | None:
     """The first route whose method, template and query match, or None (default deny)."""
-    for route in routes:
+    by_first, open_first = _ROUTE_INDEX if routes is ROUTES else _index(routes)
+    count = len(segments)
+    for route in by_first.get(segments[0], open_first) if segments else open_first:
         if method not in route.methods:
+            continue
+        template, prefix = route.segments, route.prefix
+        if count < len(prefix) or tuple(segments[: len(prefix)]) != prefix:
             continue
         if route.query and any((query or {}).get(k) != v for k, v in route.query):
             continue
         params: dict[str, str] = {}
-        target = _match_segments(route.segments, segments, params)
+        target = _match_segments(template, segments, params, len(prefix))
         if target is False:
             continue
         ref = target if isinstance(target, TargetRef) else TargetRef()

@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -164,9 +164,11 @@ class AccessState:
         return self.trigger_owner_id
 
 
-@dataclass(frozen=True, slots=True)
-class TargetRef:
-    """How a request names its target project: an id, or candidate paths longest first."""
+class TargetRef(NamedTuple):
+    """How a request names its target project: an id, or candidate paths longest first.
+
+    A named tuple: built on every request and hashed as part of a cache key.
+    """
 
     project_id: int | None = None
     paths: tuple[str, ...] = ()

@@ -11,7 +11,7 @@ from multidict import CIMultiDict, MultiDict
 from gateway.config import Config, ConfigError, parse_config
 from gateway.credentials import Credential, CredentialError, extract_credential
 from gateway.protocols.registry import TokenIssuer, parse_scopes
-from gateway.routes import PathError, canonical_path, match, project_ref, repo_ref, split_path
+from gateway.routes import PathError, canonical_path, match, normalize_path, project_ref, repo_ref, split_path
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 text = st.text(alphabet=st.characters(codec="utf-8"), max_size=80)
@@ -61,6 +61,21 @@ def test_path_normalization_and_routing(path: str, method: str) -> None:
 
 
 @FUZZ
+@given(path=st.one_of(pathish, text, st.text(alphabet="/.a9~%2eE-_\\", max_size=24).map(lambda t: "/" + t)))
+def test_plain_path_shortcut_agrees_with_full_normalization(path: str) -> None:
+    """`normalize_path` skips decoding for plain paths: it must answer exactly as decoding does."""
+    try:
+        slow: Any = (split_path(path), canonical_path(split_path(path)))
+    except PathError:
+        slow = PathError
+    try:
+        fast: Any = normalize_path(path)
+    except PathError:
+        fast = PathError
+    assert fast == slow
+
+
+@FUZZ
 @given(segment=text)
 def test_project_refs(segment: str) -> None:
     ref = project_ref(segment)
@@ -95,5 +110,6 @@ def test_config_loading(data: Any) -> None:
 @given(token=text, scopes=st.lists(text, max_size=4))
 def test_registry_tokens_and_scopes(token: str, scopes: list[str]) -> None:
     assert TokenIssuer("s").verify(token, 0.0) is None
+    assert TokenIssuer("s").verify(f"a.b.{token}", 0.0) is None  # a non-ASCII signature once raised
     for name, actions in parse_scopes(scopes):
         assert name and set(actions) <= {"pull", "push", "delete"}

@@ -78,7 +78,9 @@ class TokenIssuer:
     def verify(self, token: str, now: float) -> Grant | None:
         """The grant of a token this issuer minted and that has not expired, else None."""
         parts = token.split(".")
-        if len(parts) != 3 or not hmac.compare_digest(self._sign(parts[0] + "." + parts[1]), parts[2]):
+        if len(parts) != 3 or not token.isascii():  # compare_digest takes ASCII strings only
+            return None
+        if not hmac.compare_digest(self._sign(parts[0] + "." + parts[1]), parts[2]):
             return None
         try:
             claims = json.loads(_unb64(parts[1]))
