@@ -27,7 +27,6 @@ from .cache import DecisionCache, follow_invalidations
 from .config import Config
 from .credentials import (
     JOB_TOKEN_HEADER,
-    JOB_TOKEN_PARAM,
     TOKEN_PARAM,
     Credential,
     CredentialError,
@@ -135,7 +134,6 @@ CACHE = web.AppKey("decision_cache", DecisionCache)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 ISSUER = web.AppKey("registry_issuer", registry.TokenIssuer)
-REQUEST_LOG = web.RequestKey("request_log", RequestLog)
 
 IDENTITY_JOB = "X-Jobgate-Job-Id"
 IDENTITY_PROJECT = "X-Jobgate-Project-Id"
@@ -144,49 +142,46 @@ IDENTITY_USER = "X-Jobgate-User-Id"
 IDENTITY_PIPELINE_SOURCE = "X-Jobgate-Pipeline-Source"
 
 log = logging.getLogger("jobgate")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request, RequestLog], Awaitable[web.StreamResponse]]
 
 
 _ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter: unique without a syscall
 _ID_COUNTER = itertools.count(1)
 
 
-def observed(handler: Handler) -> Handler:
+def observed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Wrap a gateway handler: request id, in-flight gauge, metrics, one access-log line."""
 
     async def observe(request: web.Request) -> web.StreamResponse:
-        return await _observe(request, handler)
+        metrics = request.app[METRICS]
+        request_id = request.headers.get("X-Request-Id", "")
+        if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+            request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+        entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
+        metrics.in_flight.inc()
+        try:
+            response = await handler(request, entry)
+            entry.status = response.status
+        except web.HTTPException as exc:
+            entry.status = exc.status
+            raise
+        except Exception as exc:  # a bug must not show a traceback or the token
+            if isinstance(exc, ConnectionResetError):
+                entry.status = 499
+                raise
+            log.error("unhandled %s in request %s", type(exc).__name__, request_id)
+            entry.status = 500
+            return responses.json_error(500, "500 Internal Server Error")
+        finally:
+            metrics.in_flight.dec()
+            elapsed = time.perf_counter() - entry.started
+            metrics.count_request(entry.route, entry.method, entry.status, elapsed)
+            access_log.write(entry.line())
+        if not response.prepared:  # a proxied response carries it already (see Forward)
+            response.headers["X-Request-Id"] = request_id
+        return response
 
     return observe
-
-
-async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    metrics = request.app[METRICS]
-    request_id = request.headers.get("X-Request-Id", "")
-    if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
-        request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
-    entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
-    request[REQUEST_LOG] = entry
-    metrics.in_flight.inc()
-    try:
-        response = await handler(request)
-        entry.status = response.status
-    except web.HTTPException as exc:
-        entry.status = exc.status
-        raise
-    except Exception as exc:  # a bug must not show a traceback or the token
-        if isinstance(exc, ConnectionResetError):
-            entry.status = 499
-            raise
-        log.error("unhandled %s in request %s", type(exc).__name__, request_id)
-        entry.status = 500
-        return responses.json_error(500, "500 Internal Server Error")
-    finally:
-        metrics.in_flight.dec()
-        metrics.count_request(entry.route, request.method, entry.status, time.perf_counter() - entry.started)
-        access_log.write(entry.line())
-    response.headers["X-Request-Id"] = request_id
-    return response
 
 
 async def _trigger_form(request: web.Request) -> tuple[dict[str, list[str]], Any]:
@@ -227,29 +222,37 @@ async def _trigger_form(request: web.Request) -> tuple[dict[str, list[str]], Any
 
 def _identity(decision: Decision, pipeline_source: bool) -> dict[str, str]:
     state = decision.state
-    assert state is not None and decision.source is not None
-    identity = {IDENTITY_PROJECT: str(decision.source.id)}
-    if decision.job is not None:
-        identity[IDENTITY_JOB] = str(decision.job.id)
-    if decision.target is not None:
-        identity[IDENTITY_TARGET] = str(decision.target.id)
-    if state.user_id is not None:
-        identity[IDENTITY_USER] = str(state.user_id)
+    assert state is not None and state.source is not None
+    job, target = state.job, state.target
+    identity = {IDENTITY_PROJECT: str(state.source.id)}
+    if job is not None:
+        identity[IDENTITY_JOB] = str(job.id)
+        identity[IDENTITY_USER] = str(job.user_id)
+    elif state.trigger_owner_id is not None:
+        identity[IDENTITY_USER] = str(state.trigger_owner_id)
+    if target is not None:
+        identity[IDENTITY_TARGET] = str(target.id)
     if pipeline_source:
-        identity[IDENTITY_PIPELINE_SOURCE] = "pipeline" if decision.job else "trigger"
+        identity[IDENTITY_PIPELINE_SOURCE] = "pipeline" if job else "trigger"
     return identity
+
+
+_CREDENTIAL_HEADERS: dict[frozenset[Source], frozenset[str]] = {}
 
 
 def _credential_headers(credential: Credential | None) -> frozenset[str]:
     """The request headers that carried the token (a registry token: Authorization)."""
     if credential is None:
         return frozenset({"authorization"})
-    drop = set()
-    if Source.HEADER in credential.sources:
-        drop.add(JOB_TOKEN_HEADER.lower())
-    if credential.sources & {Source.BASIC, Source.BEARER}:
-        drop.add("authorization")
-    return frozenset(drop)
+    drop = _CREDENTIAL_HEADERS.get(credential.sources)
+    if drop is None:  # one per combination of sources: a handful
+        names = set()
+        if Source.HEADER in credential.sources:
+            names.add(JOB_TOKEN_HEADER.lower())
+        if credential.sources & {Source.BASIC, Source.BEARER}:
+            names.add("authorization")
+        drop = _CREDENTIAL_HEADERS[credential.sources] = frozenset(names)
+    return drop
 
 
 def job_json(decision: Decision) -> web.Response:
@@ -273,22 +276,33 @@ def job_json(decision: Decision) -> web.Response:
 async def authorize(
     app: web.Application, action: Action | None, target: TargetRef, locator: str | None
 ) -> Decision:
-    """Read the state the token's `credential_key` names and decide; StoreUnavailable fails closed."""
+    """Read the state the token's `credential_key` names and decide; StoreUnavailable fails closed.
+
+    A warm cache answers without Redis, and with the decision already made for this
+    action when there is one (decisions are remembered on the cache entry).
+    """
     if locator is None:
         return Decision(Reason.NO_CREDENTIAL, action=action)
-    cache, metrics = app[CACHE], app[METRICS]
-    entry = cache.key(locator, target)
-    state = cache.get(entry)
-    if state is None:
-        generation = cache.generation
-        started = time.perf_counter()
-        state = await app[STORE].read_access_key(locator, target)
-        metrics.redis_seconds.observe(time.perf_counter() - started)
-        cache.put(entry, state, generation)
-        metrics.count_cache("miss" if cache.available else "bypass")
-    else:
+    cache, metrics, scope = app[CACHE], app[METRICS], app[RUNTIME].config.scope
+    key = cache.key(locator, target)
+    entry = cache.entry(key)
+    now = time.time()
+    if entry is not None:
         metrics.count_cache("hit")
-    return decide(action, state, time.time(), app[RUNTIME].config.scope)
+        decision = entry.decisions.get(action)
+        if decision is None or now >= entry.valid_until:
+            decision = entry.decisions[action] = decide(action, entry.state, now, scope)
+        return decision
+    generation = cache.generation
+    started = time.perf_counter()
+    state = await app[STORE].read_access_key(locator, target)
+    metrics.redis_seconds.observe(time.perf_counter() - started)
+    entry = cache.put(key, state, generation)
+    metrics.count_cache("miss" if cache.available else "bypass")
+    decision = decide(action, state, time.time(), scope)
+    if entry is not None:
+        entry.decisions[action] = decision
+    return decision
 
 
 def _registry_grant(request: web.Request) -> registry.Grant | None:
@@ -312,9 +326,9 @@ def _record(entry: RequestLog, metrics: Metrics, decision: Decision) -> None:
     metrics.count_decision(decision.allowed, decision.reason.value)
 
 
-async def registry_token(request: web.Request) -> web.Response:
+async def registry_token(request: web.Request, entry: RequestLog) -> web.Response:
     """`GET /jwt/auth`: trade a job token for a registry token granting what the job may do."""
-    app, entry = request.app, request[REQUEST_LOG]
+    app = request.app
     config, metrics = app[RUNTIME].config, app[METRICS]
     entry.route = "registry_token"
     try:
@@ -347,7 +361,7 @@ async def registry_token(request: web.Request) -> web.Response:
     return registry.token_response(issuer.mint(locator, access, now), issuer.ttl, now)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Verdict:
     """One evaluated request: where it goes, what carried the token, and the decision."""
 
@@ -359,16 +373,17 @@ class Verdict:
 
 
 async def evaluate(
-    request: web.Request, method: str, target: str, query: MultiMapping[str], read_body: bool = True
+    request: web.Request, entry: RequestLog, method: str, target: str, query: MultiMapping[str],
+    read_body: bool = True,
 ) -> Verdict | web.Response:
     """Normalize, route, authenticate and authorize `method target`; an early answer or a verdict.
 
     `target` is the raw path and query of the request being judged: the request's own for
     the gateway, the original request's in forward-auth mode (`read_body` False there).
     """
-    app, entry = request.app, request[REQUEST_LOG]
+    app = request.app
     config, metrics = app[RUNTIME].config, app[METRICS]
-    client = request.remote or ""
+    client = entry.remote or ""
     limit = config.failed_auth_per_minute
     if limit and (blocked := app[LIMITER].blocked_for(client)):
         metrics.rate_limited.inc()
@@ -419,12 +434,12 @@ async def evaluate(
     return Verdict(matched, decision, credential, path, body)
 
 
-async def handle(request: web.Request) -> web.StreamResponse:
+async def handle(request: web.Request, entry: RequestLog) -> web.StreamResponse:
     """Route, authenticate, authorize, then proxy or deny one gateway request."""
-    verdict = await evaluate(request, request.method, request.raw_path, request.query)
+    verdict = await evaluate(request, entry, request.method, request.raw_path, request.query)
     if isinstance(verdict, web.Response):
         return verdict
-    app, entry = request.app, request[REQUEST_LOG]
+    app = request.app
     runtime, metrics = app[RUNTIME], app[METRICS]
     route, credential, decision = verdict.matched.route, verdict.credential, verdict.decision
     if route.local == "job":
@@ -434,18 +449,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return responses.not_found()
     entry.upstream = upstream.name
     pass_token = upstream.pass_token and credential is not None
-    secret_params = {JOB_TOKEN_PARAM, TOKEN_PARAM} if route.token_param else {JOB_TOKEN_PARAM}
+    query = request.raw_path.partition("?")[2]
     forward = Forward(
         upstream=upstream,
         path=upstream.upstream_path(verdict.path),
-        query=filter_query(
-            request.raw_path.partition("?")[2],
-            set(route.strip_query) if pass_token else secret_params | set(route.strip_query),
-        ),
+        query=filter_query(query, route.strip_query if pass_token else route.secret_query) if query else "",
         drop_headers=frozenset() if pass_token else _credential_headers(credential),
         identity=_identity(decision, route.pipeline_source),
         body=verdict.body,
         body_idle_timeout=runtime.config.body_idle_timeout,
+        request_id=entry.request_id,
     )
     transfer = Transfer()
     started = time.perf_counter()
@@ -465,7 +478,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
 FORWARD_AUTH_PATH = "/-/auth"
 
 
-async def forward_auth(request: web.Request) -> web.StreamResponse:
+async def forward_auth(request: web.Request, entry: RequestLog) -> web.StreamResponse:
     """Forward-auth mode: judge the original request a proxy describes, forward nothing.
 
     nginx `auth_request` sends `X-Original-Method`/`X-Original-URI`; Traefik ForwardAuth
@@ -487,7 +500,7 @@ async def forward_auth(request: web.Request) -> web.StreamResponse:
     if not target.startswith("/"):
         return responses.bad_request("the original URI must be a path")
     query: MultiMapping[str] = MultiDict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
-    verdict = await evaluate(request, method, target, query, read_body=False)
+    verdict = await evaluate(request, entry, method, target, query, read_body=False)
     if isinstance(verdict, web.Response):
         if nginx and verdict.status not in (200, 401):
             return web.Response(status=403, body=verdict.body, content_type="application/json")

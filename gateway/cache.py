@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -22,6 +22,23 @@ from .store import AccessState, Store, StoreUnavailable, TargetRef, TokenKind
 
 log = logging.getLogger("jobgate.cache")
 CacheKey = tuple[str, int | None, tuple[str, ...]]
+
+
+class CacheEntry:
+    """One cached state, and the decisions already made from it (by action).
+
+    A decision depends on the clock only through the job's expiry, so a remembered one
+    holds while `time < valid_until`; dropping the entry (TTL, invalidation) drops them.
+    """
+
+    __slots__ = ("decisions", "expires", "state", "tags", "valid_until")
+
+    def __init__(self, state: AccessState, expires: float, tags: tuple[str, ...]) -> None:
+        self.state = state
+        self.expires = expires
+        self.tags = tags
+        self.decisions: dict[Any, Any] = {}
+        self.valid_until = state.job.expires_at if state.job is not None else float("inf")
 
 
 class DecisionCache:
@@ -32,7 +49,7 @@ class DecisionCache:
         self.max_entries = max_entries
         self.available = False  # only while the invalidation subscription is up
         self.generation = 0
-        self._entries: OrderedDict[CacheKey, tuple[AccessState, float, tuple[str, ...]]] = OrderedDict()
+        self._entries: dict[CacheKey, CacheEntry] = {}  # insertion order: oldest first
         self._tags: dict[str, set[CacheKey]] = {}
 
     @property
@@ -50,20 +67,25 @@ class DecisionCache:
 
     def get(self, key: CacheKey) -> AccessState | None:
         """The cached state, or None (miss, expired, or cache not usable)."""
+        entry = self.entry(key)
+        return entry.state if entry is not None else None
+
+    def entry(self, key: CacheKey) -> CacheEntry | None:
+        """The cache entry, or None (miss, expired, or cache not usable)."""
         if not self.available:
             return None
-        item = self._entries.get(key)
-        if item is None:
+        entry = self._entries.get(key)
+        if entry is None:
             return None
-        if item[1] < time.monotonic():
+        if entry.expires < time.monotonic():
             self._drop(key)
             return None
-        return item[0]
+        return entry
 
-    def put(self, key: CacheKey, state: AccessState, generation: int) -> None:
+    def put(self, key: CacheKey, state: AccessState, generation: int) -> CacheEntry | None:
         """Remember a state read at `generation`, unless an invalidation happened meanwhile."""
         if not self.available or generation != self.generation or state.kind is TokenKind.UNKNOWN:
-            return
+            return None
         tags = [f"tok:{key[0][2:]}"] if key[0].startswith("t:") else []
         if state.job is not None:
             tags.append(f"job:{state.job.id}")
@@ -74,9 +96,10 @@ class DecisionCache:
             self._drop(key)
         while len(self._entries) >= self.max_entries:
             self._drop(next(iter(self._entries)))
-        self._entries[key] = (state, time.monotonic() + self.ttl, tuple(tags))
+        entry = self._entries[key] = CacheEntry(state, time.monotonic() + self.ttl, tuple(tags))
         for tag in tags:
             self._tags.setdefault(tag, set()).add(key)
+        return entry
 
     def invalidate(self, event: str) -> None:
         """Drop every entry an event touches (`job:<id>`, `prj:<id>`, `tok:<digest>`)."""
@@ -94,10 +117,10 @@ class DecisionCache:
         self._tags.clear()
 
     def _drop(self, key: CacheKey) -> None:
-        item = self._entries.pop(key, None)
-        if item is None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
             return
-        for tag in item[2]:
+        for tag in entry.tags:
             keys = self._tags.get(tag)
             if keys is not None:
                 keys.discard(key)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from multidict import MultiMapping
 
@@ -27,13 +27,15 @@ class Source(StrEnum):
     BEARER = "bearer"
 
 
+_ALONE = {source: frozenset({source}) for source in Source}
+
+
 class CredentialError(Exception):
     """The request's credentials are malformed or ambiguous: answered with 400."""
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """One token and every place in the request that carried it."""
+class Credential(NamedTuple):
+    """One token and every place in the request that carried it (a named tuple: one per request)."""
 
     token: str
     sources: frozenset[Source]
@@ -107,4 +109,6 @@ def extract_credential(
         raise CredentialError("token too long")
     if not token.isascii() or not token.isprintable() or " " in token:
         raise CredentialError("malformed token")
+    if len(found) == 1:
+        return Credential(token, _ALONE[found[0][0]])
     return Credential(token, frozenset(source for source, _ in found))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
@@ -42,7 +42,7 @@ class UpstreamError(Exception):
         self.kind = kind
 
 
-@dataclass
+@dataclass(slots=True)
 class Transfer:
     """Byte counts of one proxied exchange, for metrics and the access log."""
 
@@ -51,7 +51,7 @@ class Transfer:
     client_stalled: bool = False  # the request body stopped arriving (slow client)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Forward:
     """What to send upstream: where, which request headers to drop, what identity to add."""
 
@@ -62,11 +62,12 @@ class Forward:
     drop_headers: frozenset[str] = frozenset()
     identity: Mapping[str, str] = field(default_factory=dict)
     body: Any = None  # a replacement body (form with the token removed); None streams
+    request_id: str = ""  # sent upstream and echoed to the client as X-Request-Id
 
 
-def filter_query(raw_query: str, drop: Iterable[str]) -> str:
+def filter_query(raw_query: str, drop: Collection[str]) -> str:
     """The raw query string without the named parameters, other bytes untouched."""
-    names = set(drop)
+    names = drop
     if not raw_query or not names:
         return raw_query
     kept = [
@@ -105,7 +106,9 @@ def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]
     headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
     headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
     for name, value in forward.identity.items():
-        headers[name] = value
+        headers.add(name, value)  # the client's own X-Jobgate-* headers were dropped above
+    if forward.request_id:
+        headers["X-Request-Id"] = forward.request_id
     for name, value in forward.upstream.headers.items():
         headers[name] = value
     return headers
@@ -149,6 +152,8 @@ async def forward_request(
     async with upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(response_headers(upstream))
+        if forward.request_id:
+            response.headers["X-Request-Id"] = forward.request_id
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import quote, unquote_to_bytes
 
+from .credentials import JOB_TOKEN_PARAM, TOKEN_PARAM
 from .store import TargetRef, is_path_segment
 
 GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER = 10, 20, 30, 40, 50
@@ -81,12 +82,15 @@ class Route:
     strip_query: tuple[str, ...] = ()  # query parameters never forwarded
     segments: tuple[str, ...] = field(init=False, repr=False)
     prefix: tuple[str, ...] = field(init=False, repr=False)  # the leading literal segments
+    secret_query: frozenset[str] = field(init=False, repr=False)  # dropped unless pass_token
 
     def __post_init__(self) -> None:
         segments = tuple(self.template[1:].split("/"))
         literal = next((i for i, item in enumerate(segments) if item.startswith("{")), len(segments))
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "prefix", segments[:literal])
+        secrets = {JOB_TOKEN_PARAM, TOKEN_PARAM} if self.token_param else {JOB_TOKEN_PARAM}
+        object.__setattr__(self, "secret_query", frozenset(secrets | set(self.strip_query)))
 
 
 @dataclass(slots=True)

@@ -9,6 +9,7 @@ parent's `/metrics` reads. SIGTERM drains (parent forwards it), SIGHUP reloads (
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .admin import build_admin
-from .app import METRICS, RUNTIME, STORE, Runtime, build_gateway
+from .app import CACHE, METRICS, RUNTIME, STORE, Runtime, build_gateway
 from .config import PRIVATE_REDIS_URL, Address, Config, ConfigError, load_config
 from .devredis import RedisProcess
 from .store import Store, connect
@@ -102,6 +103,7 @@ def reload_config(app: web.Application, path: str) -> bool:
     fresh = Runtime(config)
     retired = fresh.open_sessions(runtime)
     runtime.config, runtime.sessions = fresh.config, fresh.sessions
+    app[CACHE].flush()  # remembered decisions were made under the old scope settings
     loop = asyncio.get_running_loop()
     for session in retired:  # let requests in flight on the old clients finish
         loop.call_later(DRAIN_SECONDS, _close_later, session)
@@ -143,6 +145,10 @@ async def serve(config: Config, config_path: str, *, gateway: bool = True, contr
         runners.append(await _start(build_metrics_app(store, registry), config.metrics_listen))
     if gateway:
         log.info("jobgate listening on %s (pid %d)", config.listen, os.getpid())
+    # Everything built so far lives as long as the process: keep it out of the cyclic
+    # collector's way, so a full collection walks only what requests left behind.
+    gc.collect()
+    gc.freeze()
 
     if stop is None:
         stop = asyncio.Event()

@@ -32,6 +32,7 @@ key                   type    content
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import secrets
@@ -85,11 +86,13 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)
 def credential_key(token: str) -> str:
     """How the store finds a token: `j:<job id>:<sha256>` for a job token, `t:<sha256>` else.
 
     Only the digest part is ever compared or stored; the key is what caches and registry
-    tokens carry instead of the token.
+    tokens carry instead of the token. Remembered for the last 4,096 tokens of the process
+    (a CI job sends its token many times); like request buffers, it is never written out.
     """
     digest = token_digest(token)
     if token.startswith(JOB_TOKEN_PREFIX):

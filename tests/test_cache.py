@@ -107,3 +107,39 @@ async def test_cache_off_reads_redis_every_time(
     for _ in range(5):
         assert (await client.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})).status == 200
     assert await commands(world) - before == 5
+
+
+async def test_a_remembered_decision_ends_with_the_token(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
+) -> None:
+    """Decisions are remembered on warm cache entries; the job's expiry still ends them."""
+    client = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    token = await world.job(150, 1, 7, timeout=1.0)
+    headers = {"JOB-TOKEN": token}
+    assert (await client.get(PKG, headers=headers)).status == 200
+    assert (await client.get(PKG, headers=headers)).status == 200  # remembered
+    assert lookups(client, "hit") == 1
+    await asyncio.sleep(2.05)  # expiry is stored in whole seconds, rounded up; the TTL is 5 s
+    assert (await client.get(PKG, headers=headers)).status == 404
+    assert lookups(client, "hit") == 2, "the entry was still cached: the decision was re-made"
+
+
+async def test_reload_forgets_remembered_decisions(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any, tmp_path: Any
+) -> None:
+    """A SIGHUP reload can change the scope settings a remembered decision was made under."""
+    from gateway.server import reload_config
+
+    client = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    headers = {"JOB-TOKEN": world.tokens["100"]}
+    assert (await client.get(PKG, headers=headers)).status == 200
+    assert len(client.app[CACHE]) == 1
+    assert not reload_config(client.app, str(tmp_path / "missing.yaml"))  # rejected: nothing changes
+    assert len(client.app[CACHE]) == 1
+    config = tmp_path / "jobgate.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:1\nredis: {{url: '{redis_server.url}'}}\n"
+        f"upstreams: {{packages: {{url: '{upstream.url}'}}}}\nscope: {{enforce_inbound: true}}\n"
+    )
+    assert reload_config(client.app, str(config))
+    assert len(client.app[CACHE]) == 0

@@ -459,3 +459,19 @@ async def test_cross_project_access_in_scope_is_forwarded(
     assert resp.status == 200
     assert upstream.last.headers["x-jobgate-target-project-id"] == ["2"]
     assert upstream.last.headers["x-jobgate-project-id"] == ["1"]
+
+
+async def test_request_id_reaches_the_upstream_and_comes_back(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    token = world.tokens["100"]
+    resp = await gateway.get(PKG, headers={"JOB-TOKEN": token, "X-Request-Id": "ci-run-42"})
+    assert resp.status == 200
+    assert resp.headers["X-Request-Id"] == "ci-run-42"
+    assert upstream.last.headers["x-request-id"] == ["ci-run-42"]
+    resp = await gateway.get(PKG, headers={"JOB-TOKEN": token, "X-Request-Id": "x" * 200})  # too long
+    made_up = resp.headers["X-Request-Id"]
+    assert made_up and made_up != "x" * 200
+    assert upstream.last.headers["x-request-id"] == [made_up]
+    resp = await gateway.get(PKG)  # denied: answered by jobgate, same header
+    assert resp.status == 404 and resp.headers["X-Request-Id"]
