@@ -73,7 +73,8 @@ class AccessRecorder:
 
     def note(self, store: Store, decision: Decision, route: str) -> None:
         """Count an allowed cross-project access (at most once a minute per key, in the background)."""
-        source, target = decision.source, decision.target
+        state = decision.state
+        source, target = (state.source, state.target) if state is not None else (None, None)
         if source is None or target is None or source.id == target.id:
             return
         key, now = (target.id, source.id, route), time.monotonic()
@@ -158,7 +159,7 @@ def observed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
         if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
             request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
         entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
-        metrics.in_flight.inc()
+        metrics.started()
         try:
             response = await handler(request, entry)
             entry.status = response.status
@@ -173,9 +174,7 @@ def observed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
             entry.status = 500
             return responses.json_error(500, "500 Internal Server Error")
         finally:
-            metrics.in_flight.dec()
-            elapsed = time.perf_counter() - entry.started
-            metrics.count_request(entry.route, entry.method, entry.status, elapsed)
+            metrics.account(entry, time.perf_counter() - entry.started)
             access_log.write(entry.line())
         if not response.prepared:  # a proxied response carries it already (see Forward)
             response.headers["X-Request-Id"] = request_id
@@ -318,12 +317,15 @@ def _realm(request: web.Request, config: Config) -> str:
     return base + "/jwt/auth"
 
 
-def _record(entry: RequestLog, metrics: Metrics, decision: Decision) -> None:
-    entry.reason = decision.reason.value
-    entry.job_id = decision.job.id if decision.job else None
-    entry.source_project = decision.source.id if decision.source else None
-    entry.target_project = decision.target.id if decision.target else None
-    metrics.count_decision(decision.allowed, decision.reason.value)
+def _record(entry: RequestLog, decision: Decision) -> None:
+    """Note the decision in the request's log entry (metrics count it from there)."""
+    entry.reason = decision.reason
+    state = decision.state
+    if state is not None:
+        job, source, target = state.job, state.source, state.target
+        entry.job_id = job.id if job is not None else None
+        entry.source_project = source.id if source is not None else None
+        entry.target_project = target.id if target is not None else None
 
 
 async def registry_token(request: web.Request, entry: RequestLog) -> web.Response:
@@ -344,7 +346,7 @@ async def registry_token(request: web.Request, entry: RequestLog) -> web.Respons
     access: list[dict[str, object]] = []
     try:
         decision = await authorize(app, None, TargetRef(), locator)
-        _record(entry, metrics, decision)
+        _record(entry, decision)
         if not decision.allowed:
             return registry.unauthorized()
         for name, actions in registry.parse_scopes(request.query.getall("scope", [])):
@@ -416,7 +418,7 @@ async def evaluate(
             blocked = await app[LIMITER].fail(app[STORE], client, limit)
             if blocked:
                 metrics.rate_limited.inc()
-                _record(entry, metrics, decision)
+                _record(entry, decision)
                 return responses.too_many(blocked)
     except StoreUnavailable:
         metrics.redis_errors.inc()
@@ -425,7 +427,7 @@ async def evaluate(
     repository = matched.params.get("repo", "")
     if decision.allowed and grant is not None and not grant.allows(repository, route.action):
         decision = Decision(Reason.INSUFFICIENT_TOKEN_SCOPE, decision.state, route.action)
-    _record(entry, metrics, decision)
+    _record(entry, decision)
     if not decision.allowed:
         wanted = registry.ACTION_NAMES.get(route.action.name, "") if route.action else ""
         scope = f"repository:{repository}:{wanted}" if repository and wanted else None
@@ -471,7 +473,7 @@ async def handle(request: web.Request, entry: RequestLog) -> web.StreamResponse:
         metrics.upstream_errors.labels(upstream.name, "broken").inc()
         raise
     finally:
-        metrics.count_upstream(upstream.name, time.perf_counter() - started, transfer.sent, transfer.received)
+        entry.upstream_seconds = time.perf_counter() - started
         entry.bytes_in, entry.bytes_out = transfer.sent, transfer.received
 
 

@@ -10,10 +10,15 @@ import os
 import re
 import sys
 import time
+from bisect import bisect_left
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .decision import ALLOWING, Reason
+
+_DECISION_REASONS = frozenset(Reason)
 
 MASK = "[MASKED]"
 KNOWN_METHODS = frozenset(
@@ -148,49 +153,83 @@ class Metrics:
         self.redis_errors = Counter(
             "jobgate_redis_errors_total", "Redis reads that failed (answered 503).", registry=r
         )
-        # Label children resolved once: `labels()` costs more than the increment itself.
-        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._cache_children = {result: self.cache.labels(result) for result in ("hit", "miss", "bypass")}
-        self._decision_children: dict[tuple[bool, str], Any] = {}
-        self._upstream_children: dict[str, tuple[Any, Any, Any]] = {}
+        # The per-request series, resolved once per label set and kept as their value stores
+        # (see `_Series`): `labels()` and the public `inc`/`observe` wrappers cost more than
+        # the increments themselves, on a path every request takes.
+        self._in_flight = _Series.counter(self.in_flight)
+        self._requests: dict[tuple[str, str, int], tuple[Any, _Series]] = {}
+        self._cache = {r: _Series.counter(self.cache.labels(r)) for r in ("hit", "miss", "bypass")}
+        self._decisions: dict[str, Any] = {}
+        self._upstreams: dict[str, tuple[_Series, Any, Any]] = {}
 
     def count_cache(self, result: str) -> None:
         """Count one decision-cache lookup: hit, miss or bypass."""
-        self._cache_children[result].inc()
+        self._cache[result].inc(1)
 
-    def count_decision(self, allowed: bool, reason: str) -> None:
-        """Count one authorization decision (reasons are a closed set)."""
-        child = self._decision_children.get((allowed, reason))
-        if child is None:
-            child = self.decisions.labels("allow" if allowed else "deny", reason)
-            self._decision_children[(allowed, reason)] = child
-        child.inc()
+    def started(self) -> None:
+        """A request began (the in-flight gauge)."""
+        self._in_flight.inc(1)
 
-    def count_upstream(self, upstream: str, seconds: float, sent: int, received: int) -> None:
-        """Count one upstream exchange: its duration and the body bytes each way."""
-        children = self._upstream_children.get(upstream)
-        if children is None:
-            children = (self.upstream_seconds.labels(upstream), self.bytes.labels(upstream, "up"),
-                        self.bytes.labels(upstream, "down"))  # fmt: skip
-            if len(self._upstream_children) < 1_000:
-                self._upstream_children[upstream] = children
-        children[0].observe(seconds)
-        if sent:
-            children[1].inc(sent)
-        if received:
-            children[2].inc(received)
+    def account(self, entry: RequestLog, seconds: float) -> None:
+        """Count one finished request from its log entry: status, duration, cache lookup,
+        decision, upstream exchange. One call per request; every label set is closed."""
+        self._in_flight.inc(-1)
+        key = (entry.route, entry.method, entry.status)
+        request = self._requests.get(key)
+        if request is None:
+            request = (_Series.counter(self.requests.labels(entry.route, method_label(entry.method),
+                                                            str(entry.status))),
+                       _Series(self.request_seconds.labels(entry.route)))  # fmt: skip
+            if len(self._requests) < 10_000:
+                self._requests[key] = request
+        request[0].inc(1)
+        request[1].observe(seconds)
+        reason = entry.reason
+        if reason is not None and reason in _DECISION_REASONS:
+            decision = self._decisions.get(reason)
+            if decision is None:
+                allowed = "allow" if reason in ALLOWING else "deny"
+                decision = self._decisions[reason] = _Series.counter(self.decisions.labels(allowed, reason))
+            decision.inc(1)
+        if entry.upstream is not None:
+            upstream = self._upstreams.get(entry.upstream)
+            if upstream is None:
+                upstream = (_Series(self.upstream_seconds.labels(entry.upstream)),
+                            _Series.counter(self.bytes.labels(entry.upstream, "up")),
+                            _Series.counter(self.bytes.labels(entry.upstream, "down")))  # fmt: skip
+                if len(self._upstreams) < 1_000:
+                    self._upstreams[entry.upstream] = upstream
+            upstream[0].observe(entry.upstream_seconds)
+            if entry.bytes_in:
+                upstream[1].inc(entry.bytes_in)
+            if entry.bytes_out:
+                upstream[2].inc(entry.bytes_out)
 
-    def count_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered request and its duration (label children resolved once)."""
-        key = (route, method, status)
-        children = self._request_children.get(key)
-        if children is None:
-            method = method_label(method)
-            children = (self.requests.labels(route, method, str(status)), self.request_seconds.labels(route))
-            if len(self._request_children) < 10_000:
-                self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+
+class _Series:
+    """The value store behind one prometheus-client child, written directly.
+
+    `Counter.inc`, `Gauge.inc` and `Histogram.observe` check their arguments and then add
+    to these stores (`_value`, or `_sum` and `_buckets` by upper bound); the hot path adds
+    to them itself, so single-process and multiprocess (mmap) modes both still work.
+    The metrics tests scrape the real exposition, so a change in the library shows there.
+    """
+
+    __slots__ = ("bounds", "buckets", "sum")
+
+    def __init__(self, histogram: Any) -> None:
+        self.sum = histogram._sum
+        self.buckets = histogram._buckets
+        self.bounds = histogram._upper_bounds
+
+    @staticmethod
+    def counter(child: Any) -> Any:
+        """A counter's or gauge's value store (it has `inc`)."""
+        return child._value
+
+    def observe(self, amount: float) -> None:
+        self.sum.inc(amount)
+        self.buckets[bisect_left(self.bounds, amount)].inc(1)
 
 
 class RequestLog:
@@ -210,6 +249,7 @@ class RequestLog:
     bytes_in: int = 0
     bytes_out: int = 0
     token: str | None = None
+    upstream_seconds: float = 0.0
 
     def __init__(self, request_id: str, method: str, path: str, remote: str | None) -> None:
         self.request_id = request_id
@@ -231,7 +271,7 @@ class RequestLog:
         return (
             f'{{"time":{time.time():.3f},"request_id":{_json_str(mask(self.request_id, token))},'
             f'"pid":{_PID[0]},"remote":{_json_str(self.remote)},"method":{_json_str(self.method)},'
-            f'"path":{_json_str(mask(self.path, token))},"route":{_json_str(self.route)},'
+            f'"path":{_json_str(mask(self.path, token))},"route":"{self.route}",'  # route names: [a-z_]
             f'"status":{self.status},"reason":{_json_str(self.reason)},"job_id":{_json_int(self.job_id)},'
             f'"source_project":{_json_int(self.source_project)},'
             f'"target_project":{_json_int(self.target_project)},"upstream":{_json_str(self.upstream)},'

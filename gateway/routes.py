@@ -245,7 +245,7 @@ def canonical_path(segments: Sequence[str]) -> str:
 def project_ref(segment: str) -> TargetRef | None:
     """A `{project}` segment: numeric id or full path; None when it is neither."""
     if segment.isdigit() and segment.isascii():
-        return TargetRef(project_id=int(segment)) if len(segment) < 19 else None
+        return TargetRef(int(segment)) if len(segment) < 19 else None
     parts = segment.split("/")
     if len(parts) < 2 or not all(is_path_segment(p) for p in parts):
         return None
@@ -310,7 +310,7 @@ _ROUTE_INDEX = _index(ROUTES)
 
 def match(
     method: str,
-    segments: Sequence[str],
+    segments: tuple[str, ...],
     query: Mapping[str, str] | None = None,
     routes: Sequence[Route] = ROUTES,
 ) -> RouteMatch | None:
@@ -321,7 +321,7 @@ def match(
         if method not in route.methods:
             continue
         template, prefix = route.segments, route.prefix
-        if count < len(prefix) or tuple(segments[: len(prefix)]) != prefix:
+        if count < len(prefix) or segments[: len(prefix)] != prefix:
             continue
         if route.query and any((query or {}).get(k) != v for k, v in route.query):
             continue
@@ -330,5 +330,5 @@ def match(
         if target is False:
             continue
         ref = target if isinstance(target, TargetRef) else TargetRef()
-        return RouteMatch(route, ref, params, tuple(segments))
+        return RouteMatch(route, ref, params, segments)
     return None

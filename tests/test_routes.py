@@ -117,3 +117,9 @@ def test_registry_routes(method: str, path: str, route: str, repo: str | None) -
 
 def test_registry_catalog_is_not_routed() -> None:
     assert match("GET", split_path("/v2/_catalog")) is None
+
+
+def test_route_names_need_no_escaping_in_the_access_log() -> None:
+    import re
+
+    assert all(re.fullmatch(r"[a-z_]+", route.name) for route in ROUTES)
