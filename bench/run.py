@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ SMALL = "/api/v4/projects/1/packages/generic/tool/1.0/small.bin"
 BIG = "/api/v4/projects/1/packages/generic/tool/1.0/big.bin"
 UPLOAD = "/api/v4/projects/1/packages/generic/tool/1.0/upload.bin"
 GiB = 1 << 30
+ONE_BARE = "bare proxy, 1 connection"
+ONE_WARM = "jobgate (cache warm), 1 connection"
 WRK_LUA = """
 done = function(summary, latency, requests)
   io.write(string.format("JSON {\\"requests\\": %d, \\"rps\\": %f, \\"p50\\": %d, \\"p99\\": %d, \\"p999\\": %d, \\"errors\\": %d, \\"non2xx\\": %d}\\n",
@@ -58,6 +61,63 @@ def wrk(url: str, seconds: float, headers: dict[str, str], lua: Path, connection
     if not match:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
     return dict(json.loads(match.group(1)))
+
+
+def summarize(runs: list[dict[str, Any]], floor: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the rounds; the ratio is the median of per-round ratios."""
+    out: dict[str, Any] = {key: round(statistics.median(run[key] for run in runs))
+                           for key in ("rps", "p50", "p99", "p999")}  # fmt: skip
+    out["redis_reads_per_request"] = statistics.median(run["redis_reads_per_request"] for run in runs)
+    for key in ("requests", "errors", "non2xx"):
+        out[key] = sum(run[key] for run in runs)
+    ratios = [run["rps"] / bare["rps"] for run, bare in zip(runs, floor, strict=True)]
+    out["ratio_to_bare"] = round(statistics.median(ratios), 3)
+    out["ratio_per_round"] = [round(r, 3) for r in ratios]
+    return out
+
+
+def instructions(tmp: Path, upstream: str, bare_port: int, gw: JobgateProcess, auth: dict[str, str]) -> dict[str, Any]:
+    """CPU instructions per request under callgrind: bare proxy vs jobgate with a warm cache.
+
+    Unlike requests/s this does not move with the machine's load (the same count twice,
+    within ~1 %): it shows what jobgate adds to a request, whatever the neighbours do.
+    Each server runs under valgrind on its own port; counting covers only the measured run.
+    """
+    counts: dict[str, Any] = {}
+    for name in ("bare proxy", "jobgate (cache warm)"):
+        port = free_port()
+        out = tmp / f"callgrind.{port}"
+        valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
+        if name == "bare proxy":
+            command = [sys.executable, str(ROOT / "bench" / "bare_proxy.py"), str(port), upstream]
+        else:
+            config = {k: v for k, v in gw.config.items() if k not in ("admin_listen", "metrics_listen")}
+            config["listen"] = f"127.0.0.1:{port}"
+            path = tmp / f"callgrind-{port}.yaml"
+            path.write_text(json.dumps(config))
+            command = [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--workers", "1"]
+        log = tmp / f"callgrind-{port}.log"
+        with log.open("wb") as sink:
+            server = subprocess.Popen(valgrind + command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_http(url + "/", server, log, timeout=120)
+            headers = {} if name == "bare proxy" else auth
+            wrk(url + SMALL, 3, headers, tmp / "report.lua", connections=4)  # warm-up, not counted
+            subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], capture_output=True, check=True)
+            run = wrk(url + SMALL, 10, headers, tmp / "report.lua", connections=4)
+            subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], capture_output=True, check=True)
+            subprocess.run(["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+        total = max((int(line.split()[1]) for dump in tmp.glob(f"callgrind.{port}*")
+                     for line in dump.read_text().splitlines() if line.startswith("totals:")), default=0)  # fmt: skip
+        counts[name] = {"requests": run["requests"], "instructions_per_request": round(total / max(run["requests"], 1))}
+    bare, warm = (counts[k]["instructions_per_request"] for k in ("bare proxy", "jobgate (cache warm)"))
+    counts["ratio_bare_to_jobgate"] = round(bare / max(warm, 1), 3)
+    counts["added_per_request"] = warm - bare
+    return counts
 
 
 def rss_peak_kib(pid: int) -> int:
@@ -167,10 +227,12 @@ def revocation(gws: list[JobgateProcess], token: str) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="tiny durations: check the harness only")
-    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per scenario")
     parser.add_argument("--jobs", type=int, default=1_000_000)
     args = parser.parse_args()
     seconds = 1.0 if args.smoke else args.seconds
+    args.rounds = 1 if args.smoke else args.rounds
     jobs = 5_000 if args.smoke else args.jobs
     for tool in ("wrk", "nginx", "curl", "redis-server"):
         if not shutil.which(tool):
@@ -230,25 +292,37 @@ def main() -> int:
             match = re.search(r"cmdstat_evalsha:calls=(\d+)", out)
             return int(match.group(1)) if match else 0
 
-        scenarios = [
-            ("direct", nginx.url, {}),
-            ("bare proxy", f"http://127.0.0.1:{bare_port}", {}),
-            ("jobgate (cache warm)", gw.url, auth),
-            ("jobgate (no cache: a Redis read per request)", cold.url, auth),
-            ("jobgate denied (unknown token)", gw.url, {"JOB-TOKEN": "glcbt-unknown-token"}),
-            ("nginx + forward-auth", fa.url, auth),
-            ("jobgate --workers 2 (cache warm)", two.url, auth),
+        bare_url = f"http://127.0.0.1:{bare_port}"
+        scenarios = [  # name, server, headers, connections
+            ("direct", nginx.url, {}, 16),
+            ("bare proxy", bare_url, {}, 16),
+            ("jobgate (cache warm)", gw.url, auth, 16),
+            ("jobgate (no cache: a Redis read per request)", cold.url, auth, 16),
+            ("jobgate denied (unknown token)", gw.url, {"JOB-TOKEN": "glcbt-unknown-token"}, 16),
+            ("nginx + forward-auth", fa.url, auth, 16),
+            ("jobgate --workers 2 (cache warm)", two.url, auth, 16),
+            # one connection: no queueing, so the latency difference is what jobgate adds
+            (ONE_BARE, bare_url, {}, 1),
+            (ONE_WARM, gw.url, auth, 1),
         ]
-        for name, base, headers in scenarios:
-            calls = evalsha_calls()
-            run = wrk(base + SMALL, seconds, headers, lua)
-            total = run["requests"]
-            run["redis_reads_per_request"] = round((evalsha_calls() - calls) / max(total, 1), 3)
-            results["scenarios"][name] = run
-            print(f"  measured {name}", flush=True)
-        floor = results["scenarios"]["bare proxy"]["rps"]
-        for run in results["scenarios"].values():
-            run["ratio_to_bare"] = round(run["rps"] / floor, 3)
+        # The machine is shared and noisy: every scenario runs once per round, rounds are
+        # interleaved, and each ratio is taken against the bare proxy of the same round.
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in scenarios}
+        for number in range(args.rounds):
+            for name, base, headers, connections in scenarios:
+                calls = evalsha_calls()
+                run = wrk(base + SMALL, seconds, headers, lua, connections)
+                run["redis_reads_per_request"] = round((evalsha_calls() - calls) / max(run["requests"], 1), 3)
+                rounds[name].append(run)
+            print(f"  round {number + 1}/{args.rounds} measured", flush=True)
+        for name, runs in rounds.items():
+            floor = rounds[ONE_BARE if name in (ONE_BARE, ONE_WARM) else "bare proxy"]
+            results["scenarios"][name] = summarize(runs, floor)
+        one_bare, one_warm = results["scenarios"][ONE_BARE], results["scenarios"][ONE_WARM]
+        results["added_latency_us"] = {key: one_warm[key] - one_bare[key] for key in ("p50", "p99", "p999")}
+        if not args.smoke and shutil.which("valgrind"):
+            results["instructions"] = instructions(tmp, nginx.url, bare_port, gw, auth)
+            print("  measured instructions per request", flush=True)
 
         if not args.smoke:
             reset_peak(gw.pid)
@@ -289,7 +363,7 @@ def report(results: dict[str, Any]) -> None:
     for name, run in results["scenarios"].items():
         print(f"{name:48} {run['rps']:9.0f} {run['ratio_to_bare']:6.2f} {run['p50']:8d} {run['p99']:8d} "
               f"{run['p999']:9d} {run['redis_reads_per_request']:9.3f}")  # fmt: skip
-    for section in ("streaming_1GiB", "revocation", "state_scale"):
+    for section in ("added_latency_us", "instructions", "streaming_1GiB", "revocation", "state_scale"):
         if section in results:
             print(f"\n{section}: {json.dumps(results[section])}")
 

@@ -30,7 +30,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 IDENTITY_PREFIX = "x-jobgate-"
-CHUNK = 64 * 1024
+STREAM_BUFFER = 256 * 1024  # bytes read from the upstream at a time (and 4x that queued to the client)
 
 
 class UpstreamError(Exception):
@@ -155,6 +155,9 @@ async def forward_request(
         if forward.request_id:
             response.headers["X-Request-Id"] = forward.request_id
         await response.prepare(request)
+        if request.transport is not None and (upstream.content_length or STREAM_BUFFER) >= STREAM_BUFFER:
+            # a large body: let more of it queue for the client before the writer pauses
+            request.transport.set_write_buffer_limits(high=STREAM_BUFFER * 4)
         try:
             async for chunk in upstream.content.iter_any():
                 transfer.received += len(chunk)
@@ -195,5 +198,6 @@ def client_session(upstream: UpstreamConfig) -> aiohttp.ClientSession:
         total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout
     )
     return aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        connector=connector, timeout=timeout, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+        read_bufsize=STREAM_BUFFER,
     )

@@ -26,5 +26,7 @@ def test_bench_smoke_run_produces_every_scenario() -> None:
         == (report["scenarios"]["jobgate denied (unknown token)"]["requests"])
     )
     assert report["scenarios"]["jobgate (cache warm)"]["non2xx"] == 0
+    assert report["scenarios"]["jobgate (cache warm)"]["ratio_per_round"]  # rounds are interleaved
+    assert set(report["added_latency_us"]) == {"p50", "p99", "p999"}
     assert len(report["revocation"]["first_404_ms"]) == 2
     assert report["state_scale"]["bytes_per_job"] > 0
