@@ -128,13 +128,20 @@ class FailureLimiter:
         return self.WINDOW
 
 
-RUNTIME = web.AppKey("runtime", Runtime)
-LIMITER = web.AppKey("failure_limiter", FailureLimiter)
-RECORDER = web.AppKey("access_recorder", AccessRecorder)
-CACHE = web.AppKey("decision_cache", DecisionCache)
-STORE = web.AppKey("store", Store)
-METRICS = web.AppKey("metrics", Metrics)
-ISSUER = web.AppKey("registry_issuer", registry.TokenIssuer)
+@dataclass
+class Gateway:
+    """Everything a gateway request reads, behind one app key (one lookup per request)."""
+
+    runtime: Runtime
+    cache: DecisionCache
+    metrics: Metrics
+    issuer: registry.TokenIssuer
+    limiter: FailureLimiter = field(default_factory=FailureLimiter)
+    recorder: AccessRecorder = field(default_factory=AccessRecorder)
+    store: Store = field(init=False)  # opened with the app (`_store_ctx`)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
 
 IDENTITY_JOB = "X-Jobgate-Job-Id"
 IDENTITY_PROJECT = "X-Jobgate-Project-Id"
@@ -143,7 +150,7 @@ IDENTITY_USER = "X-Jobgate-User-Id"
 IDENTITY_PIPELINE_SOURCE = "X-Jobgate-Pipeline-Source"
 
 log = logging.getLogger("jobgate")
-Handler = Callable[[web.Request, RequestLog], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request, RequestLog, "Gateway"], Awaitable[web.StreamResponse]]
 
 
 _ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter: unique without a syscall
@@ -154,14 +161,15 @@ def observed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
     """Wrap a gateway handler: request id, in-flight gauge, metrics, one access-log line."""
 
     async def observe(request: web.Request) -> web.StreamResponse:
-        metrics = request.app[METRICS]
+        gateway = request.app[GATEWAY]
+        metrics = gateway.metrics
         request_id = request.headers.get("X-Request-Id", "")
         if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
             request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
         entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
         metrics.started()
         try:
-            response = await handler(request, entry)
+            response = await handler(request, entry, gateway)
             entry.status = response.status
         except web.HTTPException as exc:
             entry.status = exc.status
@@ -273,7 +281,7 @@ def job_json(decision: Decision) -> web.Response:
 
 
 async def authorize(
-    app: web.Application, action: Action | None, target: TargetRef, locator: str | None
+    gateway: Gateway, action: Action | None, target: TargetRef, locator: str | None
 ) -> Decision:
     """Read the state the token's `credential_key` names and decide; StoreUnavailable fails closed.
 
@@ -282,7 +290,7 @@ async def authorize(
     """
     if locator is None:
         return Decision(Reason.NO_CREDENTIAL, action=action)
-    cache, metrics, scope = app[CACHE], app[METRICS], app[RUNTIME].config.scope
+    cache, metrics, scope = gateway.cache, gateway.metrics, gateway.runtime.config.scope
     key = cache.key(locator, target)
     entry = cache.entry(key)
     now = time.time()
@@ -294,7 +302,7 @@ async def authorize(
         return decision
     generation = cache.generation
     started = time.perf_counter()
-    state = await app[STORE].read_access_key(locator, target)
+    state = await gateway.store.read_access_key(locator, target)
     metrics.redis_seconds.observe(time.perf_counter() - started)
     entry = cache.put(key, state, generation)
     metrics.count_cache("miss" if cache.available else "bypass")
@@ -304,12 +312,12 @@ async def authorize(
     return decision
 
 
-def _registry_grant(request: web.Request) -> registry.Grant | None:
+def _registry_grant(request: web.Request, issuer: registry.TokenIssuer) -> registry.Grant | None:
     """The verified registry token a `/v2/` request carries, if any."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    return request.app[ISSUER].verify(token.strip(), time.time())
+    return issuer.verify(token.strip(), time.time())
 
 
 def _realm(request: web.Request, config: Config) -> str:
@@ -328,10 +336,9 @@ def _record(entry: RequestLog, decision: Decision) -> None:
         entry.target_project = target.id if target is not None else None
 
 
-async def registry_token(request: web.Request, entry: RequestLog) -> web.Response:
+async def registry_token(request: web.Request, entry: RequestLog, gateway: Gateway) -> web.Response:
     """`GET /jwt/auth`: trade a job token for a registry token granting what the job may do."""
-    app = request.app
-    config, metrics = app[RUNTIME].config, app[METRICS]
+    config, metrics = gateway.runtime.config, gateway.metrics
     entry.route = "registry_token"
     try:
         credential = extract_credential(
@@ -345,7 +352,7 @@ async def registry_token(request: web.Request, entry: RequestLog) -> web.Respons
     locator, now = credential_key(credential.token), time.time()
     access: list[dict[str, object]] = []
     try:
-        decision = await authorize(app, None, TargetRef(), locator)
+        decision = await authorize(gateway, None, TargetRef(), locator)
         _record(entry, decision)
         if not decision.allowed:
             return registry.unauthorized()
@@ -353,13 +360,13 @@ async def registry_token(request: web.Request, entry: RequestLog) -> web.Respons
             target = repo_ref(name.split("/")) or TargetRef()
             granted = [
                 wanted for wanted in actions
-                if (await authorize(app, registry.ACTIONS[wanted], target, locator)).allowed
+                if (await authorize(gateway, registry.ACTIONS[wanted], target, locator)).allowed
             ]  # fmt: skip
             access.append({"type": "repository", "name": name, "actions": granted})
     except StoreUnavailable:
         metrics.redis_errors.inc()
         return responses.unavailable()
-    issuer = app[ISSUER]
+    issuer = gateway.issuer
     return registry.token_response(issuer.mint(locator, access, now), issuer.ttl, now)
 
 
@@ -375,19 +382,18 @@ class Verdict:
 
 
 async def evaluate(
-    request: web.Request, entry: RequestLog, method: str, target: str, query: MultiMapping[str],
-    read_body: bool = True,
+    request: web.Request, entry: RequestLog, gateway: Gateway, method: str, target: str,
+    query: MultiMapping[str], read_body: bool = True,
 ) -> Verdict | web.Response:
     """Normalize, route, authenticate and authorize `method target`; an early answer or a verdict.
 
     `target` is the raw path and query of the request being judged: the request's own for
     the gateway, the original request's in forward-auth mode (`read_body` False there).
     """
-    app = request.app
-    config, metrics = app[RUNTIME].config, app[METRICS]
+    config, metrics = gateway.runtime.config, gateway.metrics
     client = entry.remote or ""
     limit = config.failed_auth_per_minute
-    if limit and (blocked := app[LIMITER].blocked_for(client)):
+    if limit and (blocked := gateway.limiter.blocked_for(client)):
         metrics.rate_limited.inc()
         entry.reason = "rate_limited"
         return responses.too_many(blocked)
@@ -410,12 +416,12 @@ async def evaluate(
     except CredentialError as exc:
         return responses.bad_request(str(exc))
     entry.token = credential.token if credential else None
-    grant = _registry_grant(request) if is_registry and credential is None else None
+    grant = _registry_grant(request, gateway.issuer) if is_registry and credential is None else None
     locator = credential_key(credential.token) if credential else grant.key if grant else None
     try:
-        decision = await authorize(app, route.action, matched.target, locator)
+        decision = await authorize(gateway, route.action, matched.target, locator)
         if limit and decision.reason is Reason.UNKNOWN_TOKEN:
-            blocked = await app[LIMITER].fail(app[STORE], client, limit)
+            blocked = await gateway.limiter.fail(gateway.store, client, limit)
             if blocked:
                 metrics.rate_limited.inc()
                 _record(entry, decision)
@@ -432,17 +438,16 @@ async def evaluate(
         wanted = registry.ACTION_NAMES.get(route.action.name, "") if route.action else ""
         scope = f"repository:{repository}:{wanted}" if repository and wanted else None
         return responses.denial(decision, route.protocol, config.explain, _realm(request, config), scope)
-    app[RECORDER].note(app[STORE], decision, route.name)
+    gateway.recorder.note(gateway.store, decision, route.name)
     return Verdict(matched, decision, credential, path, body)
 
 
-async def handle(request: web.Request, entry: RequestLog) -> web.StreamResponse:
+async def handle(request: web.Request, entry: RequestLog, gateway: Gateway) -> web.StreamResponse:
     """Route, authenticate, authorize, then proxy or deny one gateway request."""
-    verdict = await evaluate(request, entry, request.method, request.raw_path, request.query)
+    verdict = await evaluate(request, entry, gateway, request.method, request.raw_path, request.query)
     if isinstance(verdict, web.Response):
         return verdict
-    app = request.app
-    runtime, metrics = app[RUNTIME], app[METRICS]
+    runtime, metrics = gateway.runtime, gateway.metrics
     route, credential, decision = verdict.matched.route, verdict.credential, verdict.decision
     if route.local == "job":
         return job_json(decision)
@@ -480,7 +485,7 @@ async def handle(request: web.Request, entry: RequestLog) -> web.StreamResponse:
 FORWARD_AUTH_PATH = "/-/auth"
 
 
-async def forward_auth(request: web.Request, entry: RequestLog) -> web.StreamResponse:
+async def forward_auth(request: web.Request, entry: RequestLog, gateway: Gateway) -> web.StreamResponse:
     """Forward-auth mode: judge the original request a proxy describes, forward nothing.
 
     nginx `auth_request` sends `X-Original-Method`/`X-Original-URI`; Traefik ForwardAuth
@@ -502,7 +507,7 @@ async def forward_auth(request: web.Request, entry: RequestLog) -> web.StreamRes
     if not target.startswith("/"):
         return responses.bad_request("the original URI must be a path")
     query: MultiMapping[str] = MultiDict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
-    verdict = await evaluate(request, entry, method, target, query, read_body=False)
+    verdict = await evaluate(request, entry, gateway, method, target, query, read_body=False)
     if isinstance(verdict, web.Response):
         if nginx and verdict.status not in (200, 401):
             return web.Response(status=403, body=verdict.body, content_type="application/json")
@@ -514,19 +519,19 @@ async def forward_auth(request: web.Request, entry: RequestLog) -> web.StreamRes
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[RUNTIME].config
-    app[STORE] = Store(connect(config.redis.effective_url, config.redis.timeout),
-                       config.redis.key_prefix)
+    gateway = app[GATEWAY]
+    redis = gateway.runtime.config.redis
+    gateway.store = Store(connect(redis.effective_url, redis.timeout), redis.key_prefix)
     yield
-    await app[STORE].close()
+    await gateway.store.close()
 
 
 async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
-    cache = app[CACHE]
-    if not cache.enabled:
+    gateway = app[GATEWAY]
+    if not gateway.cache.enabled:
         yield
         return
-    follower = asyncio.ensure_future(follow_invalidations(cache, app[STORE]))
+    follower = asyncio.ensure_future(follow_invalidations(gateway.cache, gateway.store))
     yield
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -534,22 +539,23 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
-    app[RUNTIME].open_sessions()
+    runtime = app[GATEWAY].runtime
+    runtime.open_sessions()
     yield
-    for session in app[RUNTIME].sessions.values():
+    for session in runtime.sessions.values():
         await session.close()
 
 
 def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Application:
     """The gateway application: every path goes through `handle`."""
     app = web.Application(client_max_size=config.max_form_body)
-    app[RUNTIME] = Runtime(config)
-    app[RECORDER] = AccessRecorder()
-    app[LIMITER] = FailureLimiter()
-    app[CACHE] = DecisionCache(config.cache.ttl, config.cache.max_entries)
-    app[METRICS] = metrics or Metrics()
-    app[ISSUER] = registry.TokenIssuer(
-        config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl
+    app[GATEWAY] = Gateway(
+        runtime=Runtime(config),
+        cache=DecisionCache(config.cache.ttl, config.cache.max_entries),
+        metrics=metrics or Metrics(),
+        issuer=registry.TokenIssuer(
+            config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl
+        ),
     )
     app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _sessions_ctx])
     app.router.add_get("/jwt/auth", observed(registry_token))

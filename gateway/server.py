@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .admin import build_admin
-from .app import CACHE, METRICS, RUNTIME, STORE, Runtime, build_gateway
+from .app import GATEWAY, Runtime, build_gateway
 from .config import PRIVATE_REDIS_URL, Address, Config, ConfigError, load_config
 from .devredis import RedisProcess
 from .store import Store, connect
@@ -92,7 +92,8 @@ def _close_later(session: aiohttp.ClientSession) -> None:
 
 def reload_config(app: web.Application, path: str) -> bool:
     """Validate `path` and swap it in; on any problem keep serving the old config."""
-    runtime, metrics = app[RUNTIME], app[METRICS]
+    gateway = app[GATEWAY]
+    runtime, metrics = gateway.runtime, gateway.metrics
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -103,7 +104,7 @@ def reload_config(app: web.Application, path: str) -> bool:
     fresh = Runtime(config)
     retired = fresh.open_sessions(runtime)
     runtime.config, runtime.sessions = fresh.config, fresh.sessions
-    app[CACHE].flush()  # remembered decisions were made under the old scope settings
+    gateway.cache.flush()  # remembered decisions were made under the old scope settings
     loop = asyncio.get_running_loop()
     for session in retired:  # let requests in flight on the old clients finish
         loop.call_later(DRAIN_SECONDS, _close_later, session)
@@ -134,8 +135,8 @@ async def serve(config: Config, config_path: str, *, gateway: bool = True, contr
             await _start(app, config.listen, config.idle_timeout, ssl_context=_tls_context(config),
                          reuse_port=reuse_port or None)
         )
-        store = app[STORE]
-        registry = app[METRICS].registry
+        store = app[GATEWAY].store
+        registry = app[GATEWAY].metrics.registry
     else:
         store = Store(connect(config.redis.effective_url, config.redis.timeout), config.redis.key_prefix)
         registry = _multiprocess_registry()

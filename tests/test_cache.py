@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from gateway.app import CACHE, METRICS, build_gateway
+from gateway.app import GATEWAY, build_gateway
 
 from .conftest import RecordingUpstream, World, gateway_config
 
@@ -18,14 +18,14 @@ LIB = "/api/v4/projects/2/packages/generic/b/1/b"
 async def cached_gateway(redis_url: str, upstream: RecordingUpstream, aiohttp_client: Any) -> TestClient:
     client: TestClient = await aiohttp_client(build_gateway(gateway_config(redis_url, upstream.url)))
     for _ in range(100):  # the invalidation subscription comes up in the background
-        if client.app[CACHE].available:
+        if client.app[GATEWAY].cache.available:
             return client
         await asyncio.sleep(0.02)
     raise AssertionError("the cache never subscribed")
 
 
 def lookups(client: TestClient, result: str) -> float:
-    return client.app[METRICS].cache.labels(result)._value.get()
+    return client.app[GATEWAY].metrics.cache.labels(result)._value.get()
 
 
 async def commands(world: World) -> int:
@@ -83,17 +83,17 @@ async def test_lost_subscription_bypasses_the_cache(
     assert (await client.get(PKG, headers=headers)).status == 200
     await world.store.client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
     for _ in range(100):
-        if not client.app[CACHE].available:
+        if not client.app[GATEWAY].cache.available:
             break
         await asyncio.sleep(0.02)
-    assert len(client.app[CACHE]) == 0
+    assert len(client.app[GATEWAY].cache) == 0
     assert (await client.get(PKG, headers=headers)).status in (200,)
     assert lookups(client, "bypass") + lookups(client, "miss") >= 2
     for _ in range(200):  # and it comes back by itself
-        if client.app[CACHE].available:
+        if client.app[GATEWAY].cache.available:
             break
         await asyncio.sleep(0.02)
-    assert client.app[CACHE].available
+    assert client.app[GATEWAY].cache.available
     await world.store.finish_job(100)
     assert (await client.get(PKG, headers=headers)).status == 404
 
@@ -133,13 +133,13 @@ async def test_reload_forgets_remembered_decisions(
     client = await cached_gateway(redis_server.url, upstream, aiohttp_client)
     headers = {"JOB-TOKEN": world.tokens["100"]}
     assert (await client.get(PKG, headers=headers)).status == 200
-    assert len(client.app[CACHE]) == 1
+    assert len(client.app[GATEWAY].cache) == 1
     assert not reload_config(client.app, str(tmp_path / "missing.yaml"))  # rejected: nothing changes
-    assert len(client.app[CACHE]) == 1
+    assert len(client.app[GATEWAY].cache) == 1
     config = tmp_path / "jobgate.yaml"
     config.write_text(
         f"listen: 127.0.0.1:1\nredis: {{url: '{redis_server.url}'}}\n"
         f"upstreams: {{packages: {{url: '{upstream.url}'}}}}\nscope: {{enforce_inbound: true}}\n"
     )
     assert reload_config(client.app, str(config))
-    assert len(client.app[CACHE]) == 0
+    assert len(client.app[GATEWAY].cache) == 0

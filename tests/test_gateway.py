@@ -441,12 +441,12 @@ DENIALS = [
 async def test_every_denial_is_the_same_404(
     gateway: Any, upstream: RecordingUpstream, world: World, reason: str, setup: Any, method: str, path: str
 ) -> None:
-    from gateway.app import METRICS
+    from gateway.app import GATEWAY
 
     await setup(world)
     resp = await gateway.request(method, path, headers={"JOB-TOKEN": world.tokens["100"]})
     await assert_denied(resp, upstream)
-    metrics = gateway.app[METRICS]
+    metrics = gateway.app[GATEWAY].metrics
     assert metrics.decisions.labels("deny", reason)._value.get() == 1
 
 

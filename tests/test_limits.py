@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.app import METRICS
+from gateway.app import GATEWAY
 
 from .conftest import RecordingUpstream, World
 
@@ -27,7 +27,7 @@ async def test_unknown_tokens_are_limited_per_client_across_replicas(
     assert await limited.json() == {"message": "429 Too Many Requests"}
     # the brake holds for every request from this client on that replica, even a valid one
     assert (await second.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})).status == 429
-    assert second.app[METRICS].rate_limited._value.get() == 2
+    assert second.app[GATEWAY].metrics.rate_limited._value.get() == 2
     # first replica: its next failure sees the shared count and brakes too
     assert (await first.get(PKG, headers={"JOB-TOKEN": "glcbt-guess-d"})).status == 429
     assert len(upstream.requests) == 0

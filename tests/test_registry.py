@@ -41,9 +41,9 @@ async def test_token_endpoint_grants_only_what_the_job_may_do(
     assert resp.status == 200
     body = await resp.json()
     assert body["token"] == body["access_token"] and body["expires_in"] == 300
-    from gateway.app import ISSUER
+    from gateway.app import GATEWAY
 
-    grant = gateway.app[ISSUER].verify(body["token"], __import__("time").time())
+    grant = gateway.app[GATEWAY].issuer.verify(body["token"], __import__("time").time())
     assert grant.access == {"group/app/img": {"pull", "push"}, "other/lib": {"pull"}, "no/such": set()}
     assert upstream.requests == []
 

@@ -76,6 +76,8 @@ class JobgateProcess:
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_http(f"http://127.0.0.1:{self.metrics_port}/-/health", self.process, self.log_path)
+        # with workers, the parent's listeners come up before the workers' shared port does
+        wait_http(f"{self.url}/-/listening", self.process, self.log_path)
         return self
 
     def stop(self) -> int:
