@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,7 +78,16 @@ class JobgateProcess:
             )  # fmt: skip
         wait_http(f"http://127.0.0.1:{self.metrics_port}/-/health", self.process, self.log_path)
         # with workers, the parent's listeners come up before the workers' shared port does
-        wait_http(f"{self.url}/-/listening", self.process, self.log_path)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    log = self.log_path.read_text()[-3000:]
+                    raise RuntimeError(f"port {self.port} never opened:\n{log}") from None
+                time.sleep(0.05)
         return self
 
     def stop(self) -> int:
