@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
-from multidict import MultiDict, MultiMapping
+from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from . import responses
 from .cache import DecisionCache, follow_invalidations
@@ -34,7 +34,7 @@ from .credentials import (
     extract_credential,
 )
 from .decision import Decision, Reason, decide
-from .observe import Metrics, RequestLog, access_log
+from .observe import Metrics, RequestLog, access_log, mask
 from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
 from .routes import Action, PathError, Protocol, RouteMatch, match, normalize_path, repo_ref
@@ -153,6 +153,7 @@ log = logging.getLogger("jobgate")
 Handler = Callable[[web.Request, RequestLog, "Gateway"], Awaitable[web.StreamResponse]]
 
 
+_NO_QUERY: MultiMapping[str] = MultiDictProxy(MultiDict())
 _ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter: unique without a syscall
 _ID_COUNTER = itertools.count(1)
 
@@ -164,9 +165,11 @@ def observed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
         gateway = request.app[GATEWAY]
         metrics = gateway.metrics
         request_id = request.headers.get("X-Request-Id", "")
-        if not (0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()):
+        from_client = 0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()
+        if not from_client:
             request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
         entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
+        entry.id_from_client = from_client
         metrics.started()
         try:
             response = await handler(request, entry, gateway)
@@ -444,7 +447,9 @@ async def evaluate(
 
 async def handle(request: web.Request, entry: RequestLog, gateway: Gateway) -> web.StreamResponse:
     """Route, authenticate, authorize, then proxy or deny one gateway request."""
-    verdict = await evaluate(request, entry, gateway, request.method, request.raw_path, request.query)
+    raw_path = entry.path
+    query = request.query if "?" in raw_path else _NO_QUERY  # no parsing for a plain path
+    verdict = await evaluate(request, entry, gateway, request.method, raw_path, query)
     if isinstance(verdict, web.Response):
         return verdict
     runtime, metrics = gateway.runtime, gateway.metrics
@@ -456,16 +461,18 @@ async def handle(request: web.Request, entry: RequestLog, gateway: Gateway) -> w
         return responses.not_found()
     entry.upstream = upstream.name
     pass_token = upstream.pass_token and credential is not None
-    query = request.raw_path.partition("?")[2]
+    raw_query = raw_path.partition("?")[2]
     forward = Forward(
         upstream=upstream,
         path=upstream.upstream_path(verdict.path),
-        query=filter_query(query, route.strip_query if pass_token else route.secret_query) if query else "",
+        query=filter_query(raw_query, route.strip_query if pass_token else route.secret_query),
         drop_headers=frozenset() if pass_token else _credential_headers(credential),
         identity=_identity(decision, route.pipeline_source),
         body=verdict.body,
         body_idle_timeout=runtime.config.body_idle_timeout,
-        request_id=entry.request_id,
+        # a client's own id goes upstream too, with any token in it masked
+        request_id=mask(entry.request_id, credential.token if credential else None)
+        if entry.id_from_client else entry.request_id,
     )
     transfer = Transfer()
     started = time.perf_counter()

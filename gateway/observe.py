@@ -249,6 +249,7 @@ class RequestLog:
     bytes_in: int = 0
     bytes_out: int = 0
     token: str | None = None
+    id_from_client: bool = False  # the request id came from X-Request-Id (masked like the path)
     upstream_seconds: float = 0.0
 
     def __init__(self, request_id: str, method: str, path: str, remote: str | None) -> None:
@@ -268,8 +269,9 @@ class RequestLog:
         built as one f-string because it runs on every request.
         """
         token = self.token
+        request_id = mask(self.request_id, token) if self.id_from_client else self.request_id
         return (
-            f'{{"time":{time.time():.3f},"request_id":{_json_str(mask(self.request_id, token))},'
+            f'{{"time":{time.time():.3f},"request_id":{_json_str(request_id)},'
             f'"pid":{_PID[0]},"remote":{_json_str(self.remote)},"method":{_json_str(self.method)},'
             f'"path":{_json_str(mask(self.path, token))},"route":"{self.route}",'  # route names: [a-z_]
             f'"status":{self.status},"reason":{_json_str(self.reason)},"job_id":{_json_int(self.job_id)},'

@@ -475,3 +475,17 @@ async def test_request_id_reaches_the_upstream_and_comes_back(
     assert upstream.last.headers["x-request-id"] == [made_up]
     resp = await gateway.get(PKG)  # denied: answered by jobgate, same header
     assert resp.status == 404 and resp.headers["X-Request-Id"]
+
+
+async def test_a_token_hidden_in_the_request_id_is_masked(
+    gateway: Any, upstream: RecordingUpstream, world: World, caplog: Any, capfd: Any
+) -> None:
+    token = world.tokens["100"]
+    resp = await gateway.get(PKG, headers={"JOB-TOKEN": token, "X-Request-Id": f"id-{token}"})
+    assert resp.status == 200
+    from gateway.observe import access_log
+
+    access_log.flush()
+    err = capfd.readouterr().err
+    assert '"request_id":"id-[MASKED]"' in err and token not in err
+    assert upstream.last.headers["x-request-id"] == ["id-[MASKED]"]
