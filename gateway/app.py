@@ -37,7 +37,7 @@ from .decision import Decision, Reason, decide
 from .observe import Metrics, RequestLog, access_log, mask
 from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
-from .routes import Action, PathError, Protocol, RouteMatch, match, normalize_path, repo_ref
+from .routes import Action, PathError, Protocol, RouteMatch, repo_ref, resolve
 from .store import Store, StoreUnavailable, TargetRef, connect, credential_key
 
 
@@ -401,10 +401,9 @@ async def evaluate(
         entry.reason = "rate_limited"
         return responses.too_many(blocked)
     try:
-        segments, path = normalize_path(target.partition("?")[0])
+        matched, path = resolve(method, target.partition("?")[0], query)
     except PathError as exc:
         return responses.bad_request(str(exc))
-    matched = match(method, segments, query)
     if matched is None:
         return responses.not_found()
     route = matched.route

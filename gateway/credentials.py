@@ -85,9 +85,10 @@ def extract_credential(
     token, e.g. the registry's). Two different tokens are ambiguous and rejected, never
     resolved by precedence.
     """
-    found: list[tuple[Source, str]] = [
-        (Source.HEADER, v.strip()) for v in headers.getall(JOB_TOKEN_HEADER, [])
-    ]
+    in_header = headers.getall(JOB_TOKEN_HEADER, ())
+    if len(in_header) == 1 and not query and not token_param and "Authorization" not in headers:
+        return Credential(_checked(in_header[0].strip(), max_length), _ALONE[Source.HEADER])  # the usual case
+    found: list[tuple[Source, str]] = [(Source.HEADER, v.strip()) for v in in_header]
     found += [(Source.JOB_TOKEN_PARAM, v) for v in query.getall(JOB_TOKEN_PARAM, [])]
     if token_param:
         found += [(Source.TOKEN_PARAM, v) for v in query.getall(TOKEN_PARAM, [])]
@@ -102,13 +103,18 @@ def extract_credential(
     tokens = {token for _, token in found}
     if len(tokens) > 1:
         raise CredentialError("the request carries more than one different token")
-    token = tokens.pop()
+    token = _checked(tokens.pop(), max_length)
+    if len(found) == 1:
+        return Credential(token, _ALONE[found[0][0]])
+    return Credential(token, frozenset(source for source, _ in found))
+
+
+def _checked(token: str, max_length: int) -> str:
+    """`token` when it can be a token at all; CredentialError when it is empty, too long or malformed."""
     if not token:
         raise CredentialError("empty token")
     if len(token) > max_length:
         raise CredentialError("token too long")
     if not token.isascii() or not token.isprintable() or " " in token:
         raise CredentialError("malformed token")
-    if len(found) == 1:
-        return Credential(token, _ALONE[found[0][0]])
-    return Credential(token, frozenset(source for source, _ in found))
+    return token

@@ -19,6 +19,7 @@ Template syntax, one item per path segment:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -332,3 +333,25 @@ def match(
         ref = target if isinstance(target, TargetRef) else TargetRef()
         return RouteMatch(route, ref, params, segments)
     return None
+
+
+MEMO_PATH_LENGTH = 512  # longer paths are resolved every time (the memo stays small)
+
+
+def resolve(method: str, raw_path: str, query: Mapping[str, str]) -> tuple[RouteMatch | None, str]:
+    """`normalize_path` then `match`: the route and the canonical path; raises PathError.
+
+    The routes are fixed, so a method and a raw path without a query always resolve alike:
+    those are remembered (CI fleets fetch the same packages, blobs and refs again and
+    again). A RouteMatch is read-only once made, so requests can share one.
+    """
+    if query or len(raw_path) > MEMO_PATH_LENGTH:
+        segments, path = normalize_path(raw_path)
+        return match(method, segments, query), path
+    return _resolve_plain(method, raw_path)
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve_plain(method: str, raw_path: str) -> tuple[RouteMatch | None, str]:
+    segments, path = normalize_path(raw_path)
+    return match(method, segments), path

@@ -69,6 +69,9 @@ def test_no_job_token_credential(headers: dict[str, str], query: str, kw: dict[s
         ({"Authorization": "Basic " + base64.b64encode(b"nocolon").decode()}, "", "malformed basic"),
         ({"Authorization": "Basic " + base64.b64encode(b"gitlab-ci-token:\xff").decode()}, "", "malformed"),
         ({"JOB-TOKEN": "x" * 2000}, "", "too long"),
+        ({"JOB-TOKEN": "  "}, "", "empty token"),  # a lone header takes a shorter path: same checks
+        ({"JOB-TOKEN": "glcbt-a b"}, "", "malformed token"),
+        ({"JOB-TOKEN": "glcbt-caf\u00e9"}, "", "malformed token"),
         ({}, "job_token=", "empty token"),
         ({}, "job_token=a%00b", "malformed token"),
         ({}, "job_token=caf%C3%A9", "malformed token"),
@@ -85,3 +88,12 @@ def test_same_token_in_several_places_is_one_credential() -> None:
     )
     assert credential is not None
     assert credential.sources == {Source.HEADER, Source.BASIC, Source.JOB_TOKEN_PARAM}
+
+
+def test_a_lone_header_token_is_the_only_credential_only_when_nothing_else_carries_one() -> None:
+    both = extract({"JOB-TOKEN": "glcbt-a", "Authorization": "Bearer glcbt-a"})
+    assert both is not None and both.sources == {Source.HEADER, Source.BEARER}
+    with pytest.raises(CredentialError, match="more than one"):
+        extract({"JOB-TOKEN": "glcbt-a"}, "token=glcbt-b", token_param=True)
+    alone = extract({"JOB-TOKEN": " glcbt-a "}, "other=1")
+    assert alone is not None and alone.token == "glcbt-a" and alone.sources == {Source.HEADER}

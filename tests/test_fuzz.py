@@ -11,7 +11,16 @@ from multidict import CIMultiDict, MultiDict
 from gateway.config import Config, ConfigError, parse_config
 from gateway.credentials import Credential, CredentialError, extract_credential
 from gateway.protocols.registry import TokenIssuer, parse_scopes
-from gateway.routes import PathError, canonical_path, match, normalize_path, project_ref, repo_ref, split_path
+from gateway.routes import (
+    PathError,
+    canonical_path,
+    match,
+    normalize_path,
+    project_ref,
+    repo_ref,
+    resolve,
+    split_path,
+)
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 text = st.text(alphabet=st.characters(codec="utf-8"), max_size=80)
@@ -73,6 +82,27 @@ def test_plain_path_shortcut_agrees_with_full_normalization(path: str) -> None:
     except PathError:
         fast = PathError
     assert fast == slow
+
+
+@FUZZ
+@given(method=st.sampled_from(["GET", "POST", "PUT", "LOCK", "PATCH"]), path=pathish,
+       query=st.sampled_from([{}, {"service": "git-upload-pack"}, {"service": "x"}]))  # fmt: skip
+def test_remembered_resolution_agrees_with_fresh_matching(
+    method: str, path: str, query: dict[str, str]
+) -> None:
+    """`resolve` remembers paths without a query: the first and the remembered answer are both
+    exactly what normalizing and matching afresh gives."""
+    try:
+        segments, canonical = normalize_path(path)
+        fresh: Any = (match(method, segments, query), canonical)
+    except PathError:
+        fresh = PathError
+    for _ in range(2):
+        try:
+            answer: Any = resolve(method, path, query)
+        except PathError:
+            answer = PathError
+        assert answer == fresh
 
 
 @FUZZ
