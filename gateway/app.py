@@ -552,6 +552,10 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+async def _fold_metrics(app: web.Application) -> None:
+    app[GATEWAY].metrics.fold()  # the last tallies of a stopping worker reach its store
+
+
 def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Application:
     """The gateway application: every path goes through `handle`."""
     app = web.Application(client_max_size=config.max_form_body)
@@ -564,6 +568,7 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
         ),
     )
     app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _sessions_ctx])
+    app.on_cleanup.append(_fold_metrics)
     app.router.add_get("/jwt/auth", observed(registry_token))
     app.router.add_route("*", FORWARD_AUTH_PATH, observed(forward_auth))
     app.router.add_route("*", FORWARD_AUTH_PATH + "/{tail:.*}", observed(forward_auth))

@@ -102,9 +102,15 @@ def method_label(method: str) -> str:
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of their own."""
 
+    #: How stale a value store may be: what another process (the `--workers` parent, which
+    #: reads the workers' stores) can lag behind. A scrape of this registry is never stale.
+    FOLD_SECONDS = 0.1
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._dirty: list[_Tally] = []  # tallies with an amount not yet in their store
+        r.register(_FoldFirst(self))  # a scrape (or get_sample_value) sees every amount
         self.requests = Counter(
             "jobgate_requests_total", "Requests by route, method and status code.",
             ["route", "method", "code"], registry=r,
@@ -153,83 +159,128 @@ class Metrics:
         self.redis_errors = Counter(
             "jobgate_redis_errors_total", "Redis reads that failed (answered 503).", registry=r
         )
-        # The per-request series, resolved once per label set and kept as their value stores
-        # (see `_Series`): `labels()` and the public `inc`/`observe` wrappers cost more than
-        # the increments themselves, on a path every request takes.
-        self._in_flight = _Series.counter(self.in_flight)
-        self._requests: dict[tuple[str, str, int], tuple[Any, _Series]] = {}
-        self._cache = {r: _Series.counter(self.cache.labels(r)) for r in ("hit", "miss", "bypass")}
-        self._decisions: dict[str, Any] = {}
-        self._upstreams: dict[str, tuple[_Series, Any, Any]] = {}
+        # The per-request series, resolved once per label set. A request adds plain numbers
+        # to their tallies; the tallies reach the value stores (one lock each) at most
+        # FOLD_SECONDS later, however many requests ended meanwhile, and before every scrape.
+        self._in_flight = self._counter(self.in_flight)
+        self._requests: dict[tuple[str, str, int], tuple[_Tally, _Histogram]] = {}
+        self._cache = {r: self._counter(self.cache.labels(r)) for r in ("hit", "miss", "bypass")}
+        self._decisions: dict[str, _Tally] = {}
+        self._upstreams: dict[str, tuple[_Histogram, _Tally, _Tally]] = {}
+
+    def _counter(self, child: Any) -> _Tally:
+        return _Tally(child._value, self)
+
+    def _histogram(self, child: Any) -> _Histogram:
+        return _Histogram(child, self)
+
+    def fold(self) -> None:
+        """Move every tallied amount into its value store (FOLD_SECONDS after the first one,
+        before every scrape of this registry, and when the gateway stops)."""
+        dirty, self._dirty = self._dirty, []
+        for tally in dirty:
+            if tally.amount:
+                tally.store.inc(tally.amount)
+                tally.amount = 0.0
+
+    def _dirtied(self, tally: _Tally) -> None:
+        if not self._dirty:
+            with contextlib.suppress(RuntimeError):  # no loop (tools, tests): the next scrape folds
+                asyncio.get_running_loop().call_later(self.FOLD_SECONDS, self.fold)
+        self._dirty.append(tally)
 
     def count_cache(self, result: str) -> None:
         """Count one decision-cache lookup: hit, miss or bypass."""
-        self._cache[result].inc(1)
+        self._cache[result].add(1)
 
     def started(self) -> None:
         """A request began (the in-flight gauge)."""
-        self._in_flight.inc(1)
+        self._in_flight.add(1)
 
     def account(self, entry: RequestLog, seconds: float) -> None:
         """Count one finished request from its log entry: status, duration, cache lookup,
         decision, upstream exchange. One call per request; every label set is closed."""
-        self._in_flight.inc(-1)
+        self._in_flight.add(-1)
         key = (entry.route, entry.method, entry.status)
         request = self._requests.get(key)
         if request is None:
-            request = (_Series.counter(self.requests.labels(entry.route, method_label(entry.method),
-                                                            str(entry.status))),
-                       _Series(self.request_seconds.labels(entry.route)))  # fmt: skip
+            request = (self._counter(self.requests.labels(entry.route, method_label(entry.method),
+                                                          str(entry.status))),
+                       self._histogram(self.request_seconds.labels(entry.route)))  # fmt: skip
             if len(self._requests) < 10_000:
                 self._requests[key] = request
-        request[0].inc(1)
+        request[0].add(1)
         request[1].observe(seconds)
         reason = entry.reason
         if reason is not None and reason in _DECISION_REASONS:
             decision = self._decisions.get(reason)
             if decision is None:
                 allowed = "allow" if reason in ALLOWING else "deny"
-                decision = self._decisions[reason] = _Series.counter(self.decisions.labels(allowed, reason))
-            decision.inc(1)
+                decision = self._decisions[reason] = self._counter(self.decisions.labels(allowed, reason))
+            decision.add(1)
         if entry.upstream is not None:
             upstream = self._upstreams.get(entry.upstream)
             if upstream is None:
-                upstream = (_Series(self.upstream_seconds.labels(entry.upstream)),
-                            _Series.counter(self.bytes.labels(entry.upstream, "up")),
-                            _Series.counter(self.bytes.labels(entry.upstream, "down")))  # fmt: skip
+                upstream = (self._histogram(self.upstream_seconds.labels(entry.upstream)),
+                            self._counter(self.bytes.labels(entry.upstream, "up")),
+                            self._counter(self.bytes.labels(entry.upstream, "down")))  # fmt: skip
                 if len(self._upstreams) < 1_000:
                     self._upstreams[entry.upstream] = upstream
             upstream[0].observe(entry.upstream_seconds)
             if entry.bytes_in:
-                upstream[1].inc(entry.bytes_in)
+                upstream[1].add(entry.bytes_in)
             if entry.bytes_out:
-                upstream[2].inc(entry.bytes_out)
+                upstream[2].add(entry.bytes_out)
 
 
-class _Series:
-    """The value store behind one prometheus-client child, written directly.
+class _Tally:
+    """An amount not yet in the value store behind one prometheus-client child.
 
     `Counter.inc`, `Gauge.inc` and `Histogram.observe` check their arguments and then add
-    to these stores (`_value`, or `_sum` and `_buckets` by upper bound); the hot path adds
-    to them itself, so single-process and multiprocess (mmap) modes both still work.
-    The metrics tests scrape the real exposition, so a change in the library shows there.
+    to value stores (`_value`, or `_sum` and `_buckets` by upper bound) under a lock; a
+    request adds to a tally instead, and `Metrics.fold` adds each tally to its store
+    through the store's own `inc`, so single-process and multiprocess (mmap) modes both
+    still work. The metrics tests scrape the real exposition, so a change in the library
+    shows there.
     """
+
+    __slots__ = ("amount", "metrics", "store")
+
+    def __init__(self, store: Any, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.amount = 0.0
+
+    def add(self, amount: float) -> None:
+        if not self.amount:
+            self.metrics._dirtied(self)
+        self.amount += amount
+
+
+class _Histogram:
+    """A histogram child as tallies: its sum and one per bucket (by upper bound)."""
 
     __slots__ = ("bounds", "buckets", "sum")
 
-    def __init__(self, histogram: Any) -> None:
-        self.sum = histogram._sum
-        self.buckets = histogram._buckets
-        self.bounds = histogram._upper_bounds
-
-    @staticmethod
-    def counter(child: Any) -> Any:
-        """A counter's or gauge's value store (it has `inc`)."""
-        return child._value
+    def __init__(self, child: Any, metrics: Metrics) -> None:
+        self.sum = _Tally(child._sum, metrics)
+        self.buckets = [_Tally(bucket, metrics) for bucket in child._buckets]
+        self.bounds = child._upper_bounds
 
     def observe(self, amount: float) -> None:
-        self.sum.inc(amount)
-        self.buckets[bisect_left(self.bounds, amount)].inc(1)
+        self.sum.add(amount)
+        self.buckets[bisect_left(self.bounds, amount)].add(1)
+
+
+class _FoldFirst:
+    """Registered first in the metrics registry: a collection folds the tallies, then reads."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Any]:
+        self.metrics.fold()
+        return []
 
 
 class RequestLog:

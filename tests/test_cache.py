@@ -25,7 +25,8 @@ async def cached_gateway(redis_url: str, upstream: RecordingUpstream, aiohttp_cl
 
 
 def lookups(client: TestClient, result: str) -> float:
-    return client.app[GATEWAY].metrics.cache.labels(result)._value.get()
+    registry = client.app[GATEWAY].metrics.registry
+    return registry.get_sample_value("jobgate_cache_lookups_total", {"result": result}) or 0.0
 
 
 async def commands(world: World) -> int:

@@ -1,22 +1,27 @@
-"""The hot path writes metric value stores directly: it must expose what the public API would."""
+"""The hot path tallies into metric value stores itself: it must expose what the public API would."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import asyncio
 
-from gateway.observe import Metrics, RequestLog, _Series
+from prometheus_client import Counter, Histogram, generate_latest
+
+from gateway.observe import Metrics, RequestLog
 
 AMOUNTS = [0.0, 0.004, 0.005, 0.0051, 0.3, 2.5, 7.0, 10.0, 11.0, 1e9]
 
 
 def exposition(direct: bool) -> bytes:
-    registry = CollectorRegistry()
+    metrics = Metrics()  # its registry folds the tallies before every collection
+    registry = metrics.registry
     histogram = Histogram("h", "h", ["l"], registry=registry)
     counter = Counter("c", "c", ["l"], registry=registry)
+    tallied_histogram = metrics._histogram(histogram.labels("x"))
+    tallied_counter = metrics._counter(counter.labels("x"))
     for amount in AMOUNTS:  # on bucket bounds, between them, past the last one
         if direct:
-            _Series(histogram.labels("x")).observe(amount)
-            _Series.counter(counter.labels("x")).inc(amount)
+            tallied_histogram.observe(amount)
+            tallied_counter.add(amount)
         else:
             histogram.labels("x").observe(amount)
             counter.labels("x").inc(amount)
@@ -44,3 +49,17 @@ def test_one_account_call_counts_a_whole_request() -> None:
     entry.reason = "rate_limited"  # not a decision: not counted as one
     metrics.account(entry, 0.001)
     assert sample("jobgate_auth_decisions_total", {"result": "allow", "reason": "same_project"}) == 1
+
+
+async def test_tallies_reach_their_value_stores_within_the_fold_period() -> None:
+    """Another process (the multiprocess parent) reads the stores, not the tallies."""
+    metrics = Metrics()
+    store = metrics.cache.labels("hit")._value
+    metrics.count_cache("hit")
+    metrics.count_cache("hit")
+    await asyncio.sleep(0)
+    assert store.get() == 0  # still tallied: one store write per period, not per request
+    await asyncio.sleep(Metrics.FOLD_SECONDS * 2)  # a later timer than the fold's
+    assert store.get() == 2
+    metrics.count_cache("hit")
+    assert metrics.registry.get_sample_value("jobgate_cache_lookups_total", {"result": "hit"}) == 3

@@ -18,6 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.devredis import RedisProcess
+from gateway.observe import Metrics
 from gateway.store import Store
 
 from .serving import BulkUpstream, JobgateProcess
@@ -70,8 +71,17 @@ def test_metrics_count_requests_decisions_and_bytes(
             assert get(gw.url + PKG + "?size=1000", {"JOB-TOKEN": token})[0] == 200
         assert get(gw.url + PKG, {"JOB-TOKEN": "glcbt-unknown"})[0] == 404
         assert get(gw.url + "/api/v4/projects/2/packages/x", {"JOB-TOKEN": token})[0] == 404
-        after = scrape(gw)
         labels = {"route": "packages_read", "method": "GET"}
+        # workers fold their tallies into the shared stores within Metrics.FOLD_SECONDS
+        deadline = time.monotonic() + 5
+        while True:
+            after = scrape(gw)
+            decisions = "jobgate_auth_decisions_total"
+            counted = value(after, decisions, result="deny", reason="unknown_token") + value(
+                after, decisions, result="allow", reason="same_project")  # fmt: skip
+            if counted >= 4 or time.monotonic() > deadline:
+                break
+            time.sleep(Metrics.FOLD_SECONDS)
         assert (
             value(after, "jobgate_requests_total", code="200", **labels)
             - value(before, "jobgate_requests_total", code="200", **labels)
