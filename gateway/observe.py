@@ -58,6 +58,10 @@ class AccessLog:
     def flush(self) -> None:
         """Write every queued line now."""
         lines, self._lines = self._lines, []
+        data = "\n".join(lines).encode("utf-8", "backslashreplace") + b"\n"
+        if len(data) <= PIPE_BUF:  # the usual case: one write
+            self._write(data)
+            return
         chunk: list[bytes] = []
         size = 0
         for line in lines:
@@ -71,9 +75,11 @@ class AccessLog:
             self._write(b"".join(chunk))
 
     def _write(self, data: bytes) -> None:
-        with contextlib.suppress(OSError):  # a closed stderr must not fail requests
+        try:
             while data:
                 data = data[os.write(self.fd, data) :]
+        except OSError:  # a closed stderr must not fail requests
+            pass
 
 
 access_log = AccessLog()
@@ -316,18 +322,24 @@ class RequestLog:
     def line(self) -> str:
         """The access-log line (JSON), with the token masked wherever it might appear.
 
-        Only the request id and the path come from the client, so only they are masked;
-        built as one f-string because it runs on every request.
+        Only the request id and the path come from the client, so only they are masked
+        and escaped. The other strings are JSON-safe by construction: the method passed
+        the HTTP parser's token grammar, the remote address is an IP, route and upstream
+        names and reasons are the gateway's own, a made-up request id is hex. Built as one
+        f-string because it runs on every request.
         """
-        token = self.token
-        request_id = mask(self.request_id, token) if self.id_from_client else self.request_id
+        token, path = self.token, self.path
+        if (token and token in path) or "=" in path or "@" in path:  # what `mask` looks for
+            path = mask(path, token)
+        request_id = (encode_basestring_ascii(mask(self.request_id, token)) if self.id_from_client
+                      else f'"{self.request_id}"')  # fmt: skip
         return (
-            f'{{"time":{time.time():.3f},"request_id":{_json_str(request_id)},'
-            f'"pid":{_PID[0]},"remote":{_json_str(self.remote)},"method":{_json_str(self.method)},'
-            f'"path":{_json_str(mask(self.path, token))},"route":"{self.route}",'  # route names: [a-z_]
-            f'"status":{self.status},"reason":{_json_str(self.reason)},"job_id":{_json_int(self.job_id)},'
+            f'{{"time":{time.time():.3f},"request_id":{request_id},'
+            f'"pid":{_PID[0]},"remote":{_json_safe(self.remote)},"method":"{self.method}",'
+            f'"path":{encode_basestring_ascii(path)},"route":"{self.route}",'
+            f'"status":{self.status},"reason":{_json_safe(self.reason)},"job_id":{_json_int(self.job_id)},'
             f'"source_project":{_json_int(self.source_project)},'
-            f'"target_project":{_json_int(self.target_project)},"upstream":{_json_str(self.upstream)},'
+            f'"target_project":{_json_int(self.target_project)},"upstream":{_json_safe(self.upstream)},'
             f'"bytes_in":{self.bytes_in},"bytes_out":{self.bytes_out},'
             f'"duration_ms":{(time.perf_counter() - self.started) * 1000:.3f}}}'
         )
@@ -337,8 +349,9 @@ _PID = [os.getpid()]  # refreshed in forked workers
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
-def _json_str(value: str | None) -> str:
-    return "null" if value is None else encode_basestring_ascii(value)
+def _json_safe(value: str | None) -> str:
+    """A string that needs no escaping (see `RequestLog.line`), or null."""
+    return "null" if value is None else f'"{value}"'
 
 
 def _json_int(value: int | None) -> str:

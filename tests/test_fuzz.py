@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -10,6 +11,7 @@ from multidict import CIMultiDict, MultiDict
 
 from gateway.config import Config, ConfigError, parse_config
 from gateway.credentials import Credential, CredentialError, extract_credential
+from gateway.observe import RequestLog, mask
 from gateway.protocols.registry import TokenIssuer, parse_scopes
 from gateway.routes import (
     PathError,
@@ -143,3 +145,22 @@ def test_registry_tokens_and_scopes(token: str, scopes: list[str]) -> None:
     assert TokenIssuer("s").verify(f"a.b.{token}", 0.0) is None  # a non-ASCII signature once raised
     for name, actions in parse_scopes(scopes):
         assert name and set(actions) <= {"pull", "push", "delete"}
+
+
+TOKEN = "glcbt-9_s3cr3t"
+
+
+@FUZZ
+@given(path=st.one_of(text, st.builds(lambda a, b: f"{a}{TOKEN}{b}", text, text)),
+       request_id=st.one_of(text, st.just(f"id-{TOKEN}")), from_client=st.booleans())  # fmt: skip
+def test_access_lines_are_json_without_the_token(path: str, request_id: str, from_client: bool) -> None:
+    """Only the path and a client's request id are escaped and masked in the access line: whatever
+    they hold, the line is one JSON object, the token is nowhere, the other fields intact."""
+    entry = RequestLog(request_id if from_client else "0a1b-2c", "GET", path, "127.0.0.1")
+    entry.id_from_client, entry.token, entry.reason, entry.status = from_client, TOKEN, "same_project", 200
+    line = entry.line()
+    assert "\n" not in line and TOKEN not in line
+    fields = json.loads(line)
+    assert fields["path"] == mask(path, TOKEN)
+    assert fields["request_id"] == (mask(request_id, TOKEN) if from_client else "0a1b-2c")
+    assert (fields["method"], fields["remote"], fields["reason"]) == ("GET", "127.0.0.1", "same_project")
