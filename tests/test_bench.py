@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).parent.parent
 
@@ -30,3 +32,39 @@ def test_bench_smoke_run_produces_every_scenario() -> None:
     assert set(report["added_latency_us"]) == {"p50", "p99", "p999"}
     assert len(report["revocation"]["first_404_ms"]) == 2
     assert report["state_scale"]["bytes_per_job"] > 0
+    verdicts = {row["target"]: row["verdict"] for row in report["targets"]}
+    assert set(verdicts.values()) <= {"met", "missed", "not measured", "reported"}
+    assert verdicts["1 GiB download >= 0.7 x direct"] == "not measured"  # the smoke run skips it
+
+
+def load_bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_figures(ratio: float, first_404_ms: float) -> dict[str, Any]:
+    warm = {"ratio_to_bare": ratio, "ratio_per_round": [ratio], "redis_reads_per_request": 0.001, "rps": 100}
+    cold = {"ratio_to_bare": 0.5, "ratio_per_round": [0.5], "redis_reads_per_request": 1.001, "rps": 60}
+    return {
+        "scenarios": {"jobgate (cache warm)": warm, "jobgate (no cache: a Redis read per request)": cold},
+        "added_latency_us": {"p50": 50, "p99": 900, "p999": 2000},
+        "revocation": {"gateways": 2, "first_404_ms": [3.0, first_404_ms]},
+        "state_scale": {"jobs": 1000, "bytes_per_job": 241, "read_us_1k_jobs": 100.0,
+                        "read_us_1000_jobs": 124.0},
+    }
+
+
+def test_targets_are_judged_from_the_figures() -> None:
+    bench = load_bench()
+    verdicts = {row["target"]: row["verdict"] for row in bench.targets(run_figures(0.86, 49.0))}
+    assert verdicts["valid token >= 0.85 x bare proxy (wrk, same worker count)"] == "met"
+    assert verdicts["revocation < 50 ms on every gateway"] == "met"
+    assert verdicts["p99 added <= 1 ms (one connection)"] == "met"
+    assert verdicts["decision latency unchanged from 1,000 jobs (within 25 %)"] == "met"
+    assert verdicts["1 GiB download >= 0.7 x direct"] == "not measured"
+    verdicts = {row["target"]: row["verdict"] for row in bench.targets(run_figures(0.84, 51.0))}
+    assert verdicts["valid token >= 0.85 x bare proxy (wrk, same worker count)"] == "missed"
+    assert verdicts["revocation < 50 ms on every gateway"] == "missed"
