@@ -183,6 +183,7 @@ return count""")
             await script(keys=[store.prefix], args=[start, min(10_000, first + count - start), expires])
 
     await load(999, 10)
+    await latency()  # warm-up: the connection, the script cache, the CPU's caches
     small = await latency()
     before = int((await store.client.info("memory"))["used_memory"])
     await load(jobs - 1000, 100_000)
