@@ -94,9 +94,10 @@ class Route:
         object.__setattr__(self, "secret_query", frozenset(secrets | set(self.strip_query)))
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class RouteMatch:
-    """A request path matched to a route, with the target it names."""
+    """A request path matched to a route, with the target it names (shared by requests for
+    the same path: see `resolve`; nothing writes to it, `params` included)."""
 
     route: Route
     target: TargetRef
@@ -343,7 +344,7 @@ def resolve(method: str, raw_path: str, query: Mapping[str, str]) -> tuple[Route
 
     The routes are fixed, so a method and a raw path without a query always resolve alike:
     those are remembered (CI fleets fetch the same packages, blobs and refs again and
-    again). A RouteMatch is read-only once made, so requests can share one.
+    again). A RouteMatch is frozen, so requests can share one.
     """
     if query or len(raw_path) > MEMO_PATH_LENGTH:
         segments, path = normalize_path(raw_path)
