@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .config import UpstreamConfig
+from .relay import relay_body, relayable
 
 #: RFC 9110 §7.6.1 connection-specific headers, never forwarded either way.
 HOP_BY_HOP = frozenset(
@@ -158,6 +159,10 @@ async def forward_request(
         if forward.request_id:
             response.headers["X-Request-Id"] = forward.request_id
         await response.prepare(request)
+        if relayable(request, upstream):
+            await relay_body(request, response, upstream, transfer, forward.upstream.read_timeout)
+            await response.write_eof()
+            return response
         if request.transport is not None and (upstream.content_length or STREAM_BUFFER) >= STREAM_BUFFER:
             # a large body: let more of it queue for the client before the writer pauses
             request.transport.set_write_buffer_limits(high=STREAM_BUFFER * 4)
