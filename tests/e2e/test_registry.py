@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,9 @@ from .serving import JobgateProcess
 def setup(
     tmp_path: Path, redis_server: RedisProcess, store: Store
 ) -> Iterator[tuple[JobgateProcess, RegistryServer, dict[str, str]]]:
-    write_oci_layout(tmp_path / "image", "v1", {"hello.txt": b"hello from the image\n"})
+    # a layer over a MiB: its blob is relayed socket to socket (gateway/relay.py); skopeo checks its digest
+    big = random.Random(7).randbytes(3 << 20)
+    write_oci_layout(tmp_path / "image", "v1", {"hello.txt": b"hello from the image\n", "big.bin": big})
     with RegistryServer(tmp_path) as registry, JobgateProcess(
         tmp_path, redis_server.url, {"container_registry": registry.url},
         registry={"token_secret": "e2e-registry-secret"},
