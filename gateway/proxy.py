@@ -161,20 +161,26 @@ async def forward_request(
         await response.prepare(request)
         if relayable(request, upstream):
             await relay_body(request, response, upstream, transfer, forward.upstream.read_timeout)
-            await response.write_eof()
-            return response
-        if request.transport is not None and (upstream.content_length or STREAM_BUFFER) >= STREAM_BUFFER:
-            # a large body: let more of it queue for the client before the writer pauses
-            request.transport.set_write_buffer_limits(high=STREAM_BUFFER * 4)
-        try:
-            async for chunk in upstream.content.iter_any():
-                transfer.received += len(chunk)
-                await response.write(chunk)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # Too late for a status: break the client's transfer so it is never a "success".
-            raise ConnectionResetError(f"upstream broke mid-response: {type(exc).__name__}") from None
+        else:
+            await _stream_body(request, response, upstream, transfer)
         await response.write_eof()
     return response
+
+
+async def _stream_body(
+    request: web.Request, response: web.StreamResponse, upstream: aiohttp.ClientResponse, transfer: Transfer
+) -> None:
+    """The upstream's body through aiohttp's reader (small, chunked or TLS bodies)."""
+    if request.transport is not None and (upstream.content_length or STREAM_BUFFER) >= STREAM_BUFFER:
+        # a large body: let more of it queue for the client before the writer pauses
+        request.transport.set_write_buffer_limits(high=STREAM_BUFFER * 4)
+    try:
+        async for chunk in upstream.content.iter_any():
+            transfer.received += len(chunk)
+            await response.write(chunk)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        # Too late for a status: break the client's transfer so it is never a "success".
+        raise ConnectionResetError(f"upstream broke mid-response: {type(exc).__name__}") from None
 
 
 async def _counted(stream: aiohttp.StreamReader, transfer: Transfer, idle: float) -> Any:

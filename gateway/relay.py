@@ -60,6 +60,7 @@ class _Relay(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.client.is_closing():
+            self.upstream.pause_reading()
             self._end("the client went away")
             return
         self.client.write(self.view[:nbytes])
