@@ -13,14 +13,14 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
-from multidict import MultiDict, MultiDictProxy, MultiMapping
+from multidict import MultiDict, MultiDictProxy, MultiMapping, istr
 
 from . import responses
 from .cache import DecisionCache, follow_invalidations
@@ -33,7 +33,7 @@ from .credentials import (
     Source,
     extract_credential,
 )
-from .decision import Decision, Reason, decide
+from .decision import ALLOWING, Decision, Reason, decide
 from .observe import Metrics, RequestLog, access_log, mask
 from .protocols import registry
 from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
@@ -156,20 +156,23 @@ Handler = Callable[[web.Request, RequestLog, "Gateway"], Awaitable[web.StreamRes
 _NO_QUERY: MultiMapping[str] = MultiDictProxy(MultiDict())
 _ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter: unique without a syscall
 _ID_COUNTER = itertools.count(1)
+_REQUEST_ID = istr("X-Request-Id")  # an istr is looked up without case-folding
 
 
-def observed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def observed(
+    handler: Handler, gateway: Gateway
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Wrap a gateway handler: request id, in-flight gauge, metrics, one access-log line."""
+    metrics = gateway.metrics
 
     async def observe(request: web.Request) -> web.StreamResponse:
-        gateway = request.app[GATEWAY]
-        metrics = gateway.metrics
-        request_id = request.headers.get("X-Request-Id", "")
+        request_id = request.headers.get(_REQUEST_ID, "")
         from_client = 0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()
         if not from_client:
             request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
         entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
-        entry.id_from_client = from_client
+        if from_client:
+            entry.id_from_client = True
         metrics.started()
         try:
             response = await handler(request, entry, gateway)
@@ -185,8 +188,8 @@ def observed(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
             entry.status = 500
             return responses.json_error(500, "500 Internal Server Error")
         finally:
-            metrics.account(entry, time.perf_counter() - entry.started)
-            access_log.write(entry.line())
+            entry.seconds = time.perf_counter() - entry.started
+            metrics.finish(entry)  # counted and logged at the next fold
         if not response.prepared:  # a proxied response carries it already (see Forward)
             response.headers["X-Request-Id"] = request_id
         return response
@@ -230,7 +233,12 @@ async def _trigger_form(request: web.Request) -> tuple[dict[str, list[str]], Any
     return {}, None
 
 
-def _identity(decision: Decision, pipeline_source: bool) -> dict[str, str]:
+def _identity(decision: Decision, pipeline_source: bool) -> Mapping[str, str]:
+    """The identity headers of an allowed decision (made once per decision: see `Decision.derived`)."""
+    key = "identity+source" if pipeline_source else "identity"
+    made: Mapping[str, str] | None = decision.derived.get(key)
+    if made is not None:
+        return made
     state = decision.state
     assert state is not None and state.source is not None
     job, target = state.job, state.target
@@ -244,6 +252,7 @@ def _identity(decision: Decision, pipeline_source: bool) -> dict[str, str]:
         identity[IDENTITY_TARGET] = str(target.id)
     if pipeline_source:
         identity[IDENTITY_PIPELINE_SOURCE] = "pipeline" if job else "trigger"
+    decision.derived[key] = identity
     return identity
 
 
@@ -294,11 +303,11 @@ async def authorize(
     if locator is None:
         return Decision(Reason.NO_CREDENTIAL, action=action)
     cache, metrics, scope = gateway.cache, gateway.metrics, gateway.runtime.config.scope
-    key = cache.key(locator, target)
+    key = (locator, target)
     entry = cache.entry(key)
     now = time.time()
     if entry is not None:
-        metrics.count_cache("hit")
+        metrics.cache_lookups["hit"] += 1
         decision = entry.decisions.get(action)
         if decision is None or now >= entry.valid_until:
             decision = entry.decisions[action] = decide(action, entry.state, now, scope)
@@ -308,7 +317,7 @@ async def authorize(
     state = await gateway.store.read_access_key(locator, target)
     metrics.redis_seconds.observe(time.perf_counter() - started)
     entry = cache.put(key, state, generation)
-    metrics.count_cache("miss" if cache.available else "bypass")
+    metrics.cache_lookups["miss" if cache.available else "bypass"] += 1
     decision = decide(action, state, time.time(), scope)
     if entry is not None:
         entry.decisions[action] = decision
@@ -328,17 +337,6 @@ def _realm(request: web.Request, config: Config) -> str:
     return base + "/jwt/auth"
 
 
-def _record(entry: RequestLog, decision: Decision) -> None:
-    """Note the decision in the request's log entry (metrics count it from there)."""
-    entry.reason = decision.reason
-    state = decision.state
-    if state is not None:
-        job, source, target = state.job, state.source, state.target
-        entry.job_id = job.id if job is not None else None
-        entry.source_project = source.id if source is not None else None
-        entry.target_project = target.id if target is not None else None
-
-
 async def registry_token(request: web.Request, entry: RequestLog, gateway: Gateway) -> web.Response:
     """`GET /jwt/auth`: trade a job token for a registry token granting what the job may do."""
     config, metrics = gateway.runtime.config, gateway.metrics
@@ -356,7 +354,7 @@ async def registry_token(request: web.Request, entry: RequestLog, gateway: Gatew
     access: list[dict[str, object]] = []
     try:
         decision = await authorize(gateway, None, TargetRef(), locator)
-        _record(entry, decision)
+        entry.record(decision)
         if not decision.allowed:
             return registry.unauthorized()
         for name, actions in registry.parse_scopes(request.query.getall("scope", [])):
@@ -410,7 +408,7 @@ async def evaluate(
     entry.route = route.name
     is_registry = route.protocol is Protocol.REGISTRY
     try:
-        form, body = await _trigger_form(request) if route.token_param and read_body else ({}, None)
+        form, body = await _trigger_form(request) if route.token_param and read_body else (None, None)
         credential = extract_credential(
             request.headers, query, token_param=route.token_param, form=form,
             bearer=not is_registry, max_length=config.max_token_length,
@@ -426,21 +424,23 @@ async def evaluate(
             blocked = await gateway.limiter.fail(gateway.store, client, limit)
             if blocked:
                 metrics.rate_limited.inc()
-                _record(entry, decision)
+                entry.record(decision)
                 return responses.too_many(blocked)
     except StoreUnavailable:
         metrics.redis_errors.inc()
         entry.reason = "store_unavailable"
         return responses.unavailable()
-    repository = matched.params.get("repo", "")
-    if decision.allowed and grant is not None and not grant.allows(repository, route.action):
-        decision = Decision(Reason.INSUFFICIENT_TOKEN_SCOPE, decision.state, route.action)
-    _record(entry, decision)
-    if not decision.allowed:
+    allowed = decision.reason in ALLOWING
+    if allowed and grant is not None and not grant.allows(matched.params.get("repo", ""), route.action):
+        decision, allowed = Decision(Reason.INSUFFICIENT_TOKEN_SCOPE, decision.state, route.action), False
+    entry.record(decision)
+    if not allowed:
+        repository = matched.params.get("repo", "")
         wanted = registry.ACTION_NAMES.get(route.action.name, "") if route.action else ""
         scope = f"repository:{repository}:{wanted}" if repository and wanted else None
         return responses.denial(decision, route.protocol, config.explain, _realm(request, config), scope)
-    gateway.recorder.note(gateway.store, decision, route.name)
+    if decision.reason is not Reason.SAME_PROJECT:  # only cross-project accesses are recorded
+        gateway.recorder.note(gateway.store, decision, route.name)
     return Verdict(matched, decision, credential, path, body)
 
 
@@ -449,7 +449,7 @@ async def handle(request: web.Request, entry: RequestLog, gateway: Gateway) -> w
     raw_path = entry.path
     query = request.query if "?" in raw_path else _NO_QUERY  # no parsing for a plain path
     verdict = await evaluate(request, entry, gateway, request.method, raw_path, query)
-    if isinstance(verdict, web.Response):
+    if not isinstance(verdict, Verdict):  # answered already (a denial, a bad request)
         return verdict
     runtime, metrics = gateway.runtime, gateway.metrics
     route, credential, decision = verdict.matched.route, verdict.credential, verdict.decision
@@ -460,11 +460,12 @@ async def handle(request: web.Request, entry: RequestLog, gateway: Gateway) -> w
         return responses.not_found()
     entry.upstream = upstream.name
     pass_token = upstream.pass_token and credential is not None
-    raw_query = raw_path.partition("?")[2]
+    raw_query = raw_path.partition("?")[2] if query is not _NO_QUERY else ""
     forward = Forward(
         upstream=upstream,
-        path=upstream.upstream_path(verdict.path),
-        query=filter_query(raw_query, route.strip_query if pass_token else route.secret_query),
+        path=upstream.upstream_path(verdict.path) if upstream.path_rewrite else verdict.path,
+        query=filter_query(raw_query, route.strip_query if pass_token else route.secret_query)
+        if raw_query else "",
         drop_headers=frozenset() if pass_token else _credential_headers(credential),
         identity=_identity(decision, route.pipeline_source),
         body=verdict.body,
@@ -514,13 +515,12 @@ async def forward_auth(request: web.Request, entry: RequestLog, gateway: Gateway
         return responses.bad_request("the original URI must be a path")
     query: MultiMapping[str] = MultiDict(parse_qsl(target.partition("?")[2], keep_blank_values=True))
     verdict = await evaluate(request, entry, gateway, method, target, query, read_body=False)
-    if isinstance(verdict, web.Response):
+    if not isinstance(verdict, Verdict):
         if nginx and verdict.status not in (200, 401):
             return web.Response(status=403, body=verdict.body, content_type="application/json")
         return verdict
     route = verdict.matched.route
-    identity = _identity(verdict.decision, route.pipeline_source)
-    identity["X-Jobgate-Route"] = route.name
+    identity = {**_identity(verdict.decision, route.pipeline_source), "X-Jobgate-Route": route.name}
     return web.Response(status=200, headers=identity)
 
 
@@ -553,13 +553,13 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _fold_metrics(app: web.Application) -> None:
-    app[GATEWAY].metrics.fold()  # the last tallies of a stopping worker reach its store
+    app[GATEWAY].metrics.fold()  # a stopping worker's last requests are counted and logged
 
 
 def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Application:
     """The gateway application: every path goes through `handle`."""
     app = web.Application(client_max_size=config.max_form_body)
-    app[GATEWAY] = Gateway(
+    gateway = app[GATEWAY] = Gateway(
         runtime=Runtime(config),
         cache=DecisionCache(config.cache.ttl, config.cache.max_entries),
         metrics=metrics or Metrics(),
@@ -567,10 +567,11 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
             config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl
         ),
     )
+    gateway.metrics.log = access_log
     app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _sessions_ctx])
     app.on_cleanup.append(_fold_metrics)
-    app.router.add_get("/jwt/auth", observed(registry_token))
-    app.router.add_route("*", FORWARD_AUTH_PATH, observed(forward_auth))
-    app.router.add_route("*", FORWARD_AUTH_PATH + "/{tail:.*}", observed(forward_auth))
-    app.router.add_route("*", "/{tail:.*}", observed(handle))
+    app.router.add_get("/jwt/auth", observed(registry_token, gateway))
+    app.router.add_route("*", FORWARD_AUTH_PATH, observed(forward_auth, gateway))
+    app.router.add_route("*", FORWARD_AUTH_PATH + "/{tail:.*}", observed(forward_auth, gateway))
+    app.router.add_route("*", "/{tail:.*}", observed(handle, gateway))
     return app

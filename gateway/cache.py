@@ -21,7 +21,8 @@ from redis.exceptions import RedisError
 from .store import AccessState, Store, StoreUnavailable, TargetRef, TokenKind
 
 log = logging.getLogger("jobgate.cache")
-CacheKey = tuple[str, int | None, tuple[str, ...]]
+#: The token's credential key and the target: what one Redis read is about.
+CacheKey = tuple[str, TargetRef]
 
 
 class CacheEntry:
@@ -59,11 +60,6 @@ class DecisionCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    @staticmethod
-    def key(locator: str, target: TargetRef) -> CacheKey:
-        """The cache key of one read: the token's credential key and the target."""
-        return locator, target.project_id, target.paths
 
     def get(self, key: CacheKey) -> AccessState | None:
         """The cached state, or None (miss, expired, or cache not usable)."""

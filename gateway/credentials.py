@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import NamedTuple
 
-from multidict import MultiMapping
+from multidict import MultiMapping, istr
 
 CI_USER = "gitlab-ci-token"
 JOB_TOKEN_HEADER = "JOB-TOKEN"
@@ -28,6 +28,10 @@ class Source(StrEnum):
 
 
 _ALONE = {source: frozenset({source}) for source in Source}
+_HEADER_ALONE = _ALONE[Source.HEADER]
+# Header names as `istr`: multidict looks them up without case-folding them first.
+_JOB_TOKEN = istr(JOB_TOKEN_HEADER)
+_AUTHORIZATION = istr("Authorization")
 
 
 class CredentialError(Exception):
@@ -85,9 +89,10 @@ def extract_credential(
     token, e.g. the registry's). Two different tokens are ambiguous and rejected, never
     resolved by precedence.
     """
-    in_header = headers.getall(JOB_TOKEN_HEADER, ())
-    if len(in_header) == 1 and not query and not token_param and "Authorization" not in headers:
-        return Credential(_checked(in_header[0].strip(), max_length), _ALONE[Source.HEADER])  # the usual case
+    in_header = headers.getall(_JOB_TOKEN, ())
+    if len(in_header) == 1 and not query and not token_param and _AUTHORIZATION not in headers:
+        # the usual case; tuple.__new__ skips the named tuple's Python-level constructor
+        return tuple.__new__(Credential, (_checked(in_header[0].strip(), max_length), _HEADER_ALONE))
     found: list[tuple[Source, str]] = [(Source.HEADER, v.strip()) for v in in_header]
     found += [(Source.JOB_TOKEN_PARAM, v) for v in query.getall(JOB_TOKEN_PARAM, [])]
     if token_param:

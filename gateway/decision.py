@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from .config import ScopeConfig
 from .routes import Action
@@ -52,6 +53,10 @@ class Decision:
     reason: Reason
     state: AccessState | None = None
     action: Action | None = None
+    #: What requests derive from this decision (identity headers, access-log fields), made
+    #: on first use: a warm cache hands one Decision to every request of its token, target
+    #: and action, so each is built once per cache entry, not once per request.
+    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def allowed(self) -> bool:

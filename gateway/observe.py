@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -16,7 +15,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .decision import ALLOWING, Reason
+from .decision import ALLOWING, Decision, Reason
+from .store import AccessState
 
 _DECISION_REASONS = frozenset(Reason)
 
@@ -30,36 +30,30 @@ _SECRET_PARAMS = re.compile(
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s\"\\]*@")
 
 PIPE_BUF = 4096
+_NO_DECISION = '"reason":null,"job_id":null,"source_project":null,"target_project":null'
 
 
 class AccessLog:
-    """Access lines to stderr, batched per event-loop turn, written in whole lines.
+    """Access lines to stderr, written in batches of whole lines.
 
-    One `os.write` per turn instead of a logging record and a flush per request; each
-    write is at most PIPE_BUF bytes of whole lines, so worker processes sharing stderr
-    never interleave inside a line.
+    Finished requests reach it in batches (`Metrics.fold`, every FOLD_SECONDS at most, as
+    Envoy flushes its access log every second): one `os.write` per PIPE_BUF bytes of whole
+    lines instead of a logging record and a flush per request, and worker processes sharing
+    stderr never interleave inside a line.
     """
 
     def __init__(self, fd: int = 2) -> None:
         self.fd = fd
-        self._lines: list[str] = []
 
-    def write(self, line: str) -> None:
-        """Queue one line; it is written at the end of this event-loop turn."""
-        if not self._lines:
-            try:
-                asyncio.get_running_loop().call_soon(self.flush)
-            except RuntimeError:
-                self._lines.append(line)
-                self.flush()
-                return
-        self._lines.append(line)
+    def write_entries(self, entries: list[RequestLog]) -> None:
+        """Write the access lines of these finished requests."""
+        offset = time.time() - time.perf_counter()  # perf_counter instants to wall-clock times
+        self.write_lines([entry.line(offset) for entry in entries])
 
-    def flush(self) -> None:
-        """Write every queued line now."""
-        lines, self._lines = self._lines, []
+    def write_lines(self, lines: list[str]) -> None:
+        """Write lines now, in writes of at most PIPE_BUF bytes of whole lines."""
         data = "\n".join(lines).encode("utf-8", "backslashreplace") + b"\n"
-        if len(data) <= PIPE_BUF:  # the usual case: one write
+        if len(data) <= PIPE_BUF:  # a quiet period: one write
             self._write(data)
             return
         chunk: list[bytes] = []
@@ -108,15 +102,15 @@ def method_label(method: str) -> str:
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of their own."""
 
-    #: How stale a value store may be: what another process (the `--workers` parent, which
-    #: reads the workers' stores) can lag behind. A scrape of this registry is never stale.
+    #: How long a finished request may wait to be counted and logged: what another process
+    #: (the `--workers` parent, which reads the workers' stores) can lag behind, and how late
+    #: an access line may be written. A scrape of this registry is never stale.
     FOLD_SECONDS = 0.1
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self._dirty: list[_Tally] = []  # tallies with an amount not yet in their store
-        r.register(_FoldFirst(self))  # a scrape (or get_sample_value) sees every amount
+        r.register(_FoldFirst(self))  # a scrape (or get_sample_value) counts every finished request
         self.requests = Counter(
             "jobgate_requests_total", "Requests by route, method and status code.",
             ["route", "method", "code"], registry=r,
@@ -165,121 +159,118 @@ class Metrics:
         self.redis_errors = Counter(
             "jobgate_redis_errors_total", "Redis reads that failed (answered 503).", registry=r
         )
-        # The per-request series, resolved once per label set. A request adds plain numbers
-        # to their tallies; the tallies reach the value stores (one lock each) at most
-        # FOLD_SECONDS later, however many requests ended meanwhile, and before every scrape.
-        self._in_flight = self._counter(self.in_flight)
-        self._requests: dict[tuple[str, str, int], tuple[_Tally, _Histogram]] = {}
-        self._cache = {r: self._counter(self.cache.labels(r)) for r in ("hit", "miss", "bypass")}
-        self._decisions: dict[str, _Tally] = {}
-        self._upstreams: dict[str, tuple[_Histogram, _Tally, _Tally]] = {}
-
-    def _counter(self, child: Any) -> _Tally:
-        return _Tally(child._value, self)
-
-    def _histogram(self, child: Any) -> _Histogram:
-        return _Histogram(child, self)
-
-    def fold(self) -> None:
-        """Move every tallied amount into its value store (FOLD_SECONDS after the first one,
-        before every scrape of this registry, and when the gateway stops)."""
-        dirty, self._dirty = self._dirty, []
-        for tally in dirty:
-            if tally.amount:
-                tally.store.inc(tally.amount)
-                tally.amount = 0.0
-
-    def _dirtied(self, tally: _Tally) -> None:
-        if not self._dirty:
-            with contextlib.suppress(RuntimeError):  # no loop (tools, tests): the next scrape folds
-                asyncio.get_running_loop().call_later(self.FOLD_SECONDS, self.fold)
-        self._dirty.append(tally)
-
-    def count_cache(self, result: str) -> None:
-        """Count one decision-cache lookup: hit, miss or bypass."""
-        self._cache[result].add(1)
+        # A finished request is queued, not counted: every FOLD_SECONDS (and before every
+        # scrape, and when the gateway stops) the queue is counted into the value stores in
+        # one loop (one lock per touched series, not ~10 calls per request) and its access
+        # lines are written in as few writes as whole lines allow.
+        self.log: AccessLog | None = None  # the gateway's access log; None writes no lines
+        self.active = 0  # requests in flight in this process
+        self.cache_lookups = {"hit": 0, "miss": 0, "bypass": 0}  # since the last fold
+        self._finished: list[RequestLog] = []
+        self._fold_pending = False
+        self._requests: dict[tuple[str, str, int], tuple[Any, _Buckets]] = {}
+        self._decisions: dict[str, Any] = {}
+        self._upstreams: dict[str, tuple[_Buckets, Any, Any]] = {}
 
     def started(self) -> None:
         """A request began (the in-flight gauge)."""
-        self._in_flight.add(1)
+        self.active += 1
+        if not self._fold_pending:
+            self._schedule()
 
-    def account(self, entry: RequestLog, seconds: float) -> None:
-        """Count one finished request from its log entry: status, duration, cache lookup,
-        decision, upstream exchange. One call per request; every label set is closed."""
-        self._in_flight.add(-1)
-        key = (entry.route, entry.method, entry.status)
-        request = self._requests.get(key)
-        if request is None:
-            request = (self._counter(self.requests.labels(entry.route, method_label(entry.method),
-                                                          str(entry.status))),
-                       self._histogram(self.request_seconds.labels(entry.route)))  # fmt: skip
-            if len(self._requests) < 10_000:
-                self._requests[key] = request
-        request[0].add(1)
-        request[1].observe(seconds)
-        reason = entry.reason
-        if reason is not None and reason in _DECISION_REASONS:
-            decision = self._decisions.get(reason)
-            if decision is None:
-                allowed = "allow" if reason in ALLOWING else "deny"
-                decision = self._decisions[reason] = self._counter(self.decisions.labels(allowed, reason))
-            decision.add(1)
-        if entry.upstream is not None:
-            upstream = self._upstreams.get(entry.upstream)
-            if upstream is None:
-                upstream = (self._histogram(self.upstream_seconds.labels(entry.upstream)),
-                            self._counter(self.bytes.labels(entry.upstream, "up")),
-                            self._counter(self.bytes.labels(entry.upstream, "down")))  # fmt: skip
-                if len(self._upstreams) < 1_000:
-                    self._upstreams[entry.upstream] = upstream
-            upstream[0].observe(entry.upstream_seconds)
-            if entry.bytes_in:
-                upstream[1].add(entry.bytes_in)
-            if entry.bytes_out:
-                upstream[2].add(entry.bytes_out)
+    def finish(self, entry: RequestLog) -> None:
+        """A request ended: it is counted and logged at the next fold (FOLD_SECONDS at most)."""
+        self.active -= 1
+        self._finished.append(entry)
+        if not self._fold_pending:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            asyncio.get_running_loop().call_later(self.FOLD_SECONDS, self.fold)
+            self._fold_pending = True
+        except RuntimeError:  # no loop (tools, tests): count and log now
+            self.fold()
+
+    def fold(self) -> None:
+        """Count and log every finished request, and bring the in-flight gauge up to date."""
+        self._fold_pending = False
+        entries, self._finished = self._finished, []
+        if entries and self.log is not None:
+            self.log.write_entries(entries)
+        amounts: dict[Any, float] = {}  # value store -> what to add to it
+        for result, count in self.cache_lookups.items():
+            if count:
+                store = self.cache.labels(result)._value
+                amounts[store] = count
+                self.cache_lookups[result] = 0
+        requests, decisions, upstreams = self._requests, self._decisions, self._upstreams
+        get = amounts.get
+        for entry in entries:
+            series = requests.get((entry.route, entry.method, entry.status)) or self._request_series(entry)
+            count, (total, buckets, bounds) = series
+            seconds = entry.seconds
+            amounts[count] = get(count, 0) + 1
+            amounts[total] = get(total, 0) + seconds
+            bucket = buckets[bisect_left(bounds, seconds)]
+            amounts[bucket] = get(bucket, 0) + 1
+            reason = entry.reason
+            if reason is not None and reason in _DECISION_REASONS:
+                decision = decisions.get(reason) or self._decision_series(reason)
+                amounts[decision] = get(decision, 0) + 1
+            if entry.upstream is not None:
+                upstream = upstreams.get(entry.upstream) or self._upstream_series(entry.upstream)
+                (total, buckets, bounds), sent, received = upstream
+                seconds = entry.upstream_seconds
+                amounts[total] = get(total, 0) + seconds
+                bucket = buckets[bisect_left(bounds, seconds)]
+                amounts[bucket] = get(bucket, 0) + 1
+                if entry.bytes_in:
+                    amounts[sent] = get(sent, 0) + entry.bytes_in
+                if entry.bytes_out:
+                    amounts[received] = get(received, 0) + entry.bytes_out
+        for store, amount in amounts.items():
+            store.inc(amount)
+        self.in_flight.set(self.active)
+
+    def _request_series(self, entry: RequestLog) -> tuple[Any, _Buckets]:
+        series = (self.requests.labels(entry.route, method_label(entry.method), str(entry.status))._value,
+                  _buckets(self.request_seconds.labels(entry.route)))  # fmt: skip
+        if len(self._requests) < 10_000:  # every label is bounded; the key (raw method) may not be
+            self._requests[(entry.route, entry.method, entry.status)] = series
+        return series
+
+    def _decision_series(self, reason: str) -> Any:
+        allowed = "allow" if reason in ALLOWING else "deny"
+        store = self._decisions[reason] = self.decisions.labels(allowed, reason)._value
+        return store
+
+    def _upstream_series(self, name: str) -> tuple[_Buckets, Any, Any]:
+        series = (_buckets(self.upstream_seconds.labels(name)), self.bytes.labels(name, "up")._value,
+                  self.bytes.labels(name, "down")._value)  # fmt: skip
+        if len(self._upstreams) < 1_000:
+            self._upstreams[name] = series
+        return series
 
 
-class _Tally:
-    """An amount not yet in the value store behind one prometheus-client child.
+#: A histogram child's value stores: its sum, its buckets, and their upper bounds.
+_Buckets = tuple[Any, list[Any], list[float]]
 
-    `Counter.inc`, `Gauge.inc` and `Histogram.observe` check their arguments and then add
-    to value stores (`_value`, or `_sum` and `_buckets` by upper bound) under a lock; a
-    request adds to a tally instead, and `Metrics.fold` adds each tally to its store
-    through the store's own `inc`, so single-process and multiprocess (mmap) modes both
-    still work. The metrics tests scrape the real exposition, so a change in the library
-    shows there.
+
+def _buckets(child: Any) -> _Buckets:
+    """The stores behind one prometheus-client histogram child.
+
+    `Histogram.observe` checks its argument and adds to `_sum` and to the bucket of the
+    first upper bound not below the amount, each under a lock; `Metrics.fold` adds to the
+    same stores through their own `inc`, so single-process and multiprocess (mmap) modes
+    both work. The metrics tests compare with the public API's exposition, so a change in
+    the library shows there.
     """
-
-    __slots__ = ("amount", "metrics", "store")
-
-    def __init__(self, store: Any, metrics: Metrics) -> None:
-        self.store = store
-        self.metrics = metrics
-        self.amount = 0.0
-
-    def add(self, amount: float) -> None:
-        if not self.amount:
-            self.metrics._dirtied(self)
-        self.amount += amount
-
-
-class _Histogram:
-    """A histogram child as tallies: its sum and one per bucket (by upper bound)."""
-
-    __slots__ = ("bounds", "buckets", "sum")
-
-    def __init__(self, child: Any, metrics: Metrics) -> None:
-        self.sum = _Tally(child._sum, metrics)
-        self.buckets = [_Tally(bucket, metrics) for bucket in child._buckets]
-        self.bounds = child._upper_bounds
-
-    def observe(self, amount: float) -> None:
-        self.sum.add(amount)
-        self.buckets[bisect_left(self.bounds, amount)].add(1)
+    return child._sum, child._buckets, child._upper_bounds
 
 
 class _FoldFirst:
-    """Registered first in the metrics registry: a collection folds the tallies, then reads."""
+    """Registered first in the metrics registry: a collection folds the finished requests, then reads."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -293,21 +284,20 @@ class RequestLog:
     """What one request did, filled in as it walks the chain and written as one JSON line.
 
     The fields not known at the start are class-level defaults: a request sets only what it
-    learns, so creating one costs four attribute writes.
+    learns, so creating one costs five attribute writes.
     """
 
     route: str = "unmatched"
     status: int = 0
     reason: str | None = None
-    job_id: int | None = None
-    source_project: int | None = None
-    target_project: int | None = None
+    decision: str = _NO_DECISION  # the JSON of the decision's reason, job and projects
     upstream: str | None = None
     bytes_in: int = 0
     bytes_out: int = 0
     token: str | None = None
     id_from_client: bool = False  # the request id came from X-Request-Id (masked like the path)
     upstream_seconds: float = 0.0
+    seconds: float = 0.0  # from start to the last byte, set when the request ends
 
     def __init__(self, request_id: str, method: str, path: str, remote: str | None) -> None:
         self.request_id = request_id
@@ -319,8 +309,19 @@ class RequestLog:
     def __repr__(self) -> str:
         return f"RequestLog(request_id={self.request_id!r}, route={self.route!r})"
 
-    def line(self) -> str:
+    def record(self, decision: Decision) -> None:
+        """Note the decision: its reason (for metrics) and its access-log fields."""
+        self.reason = decision.reason
+        fields = decision.derived.get("log")
+        if fields is None:
+            fields = decision.derived["log"] = decision_fields(decision.reason, decision.state)
+        self.decision = fields
+
+    def line(self, clock_offset: float | None = None) -> str:
         """The access-log line (JSON), with the token masked wherever it might appear.
+
+        Its time is when the request ended: `clock_offset` turns the perf_counter instants
+        into wall-clock time (`time.time() - time.perf_counter()`, once per batch).
 
         Only the request id and the path come from the client, so only they are masked
         and escaped. The other strings are JSON-safe by construction: the method passed
@@ -328,30 +329,38 @@ class RequestLog:
         names and reasons are the gateway's own, a made-up request id is hex. Built as one
         f-string because it runs on every request.
         """
-        token, path = self.token, self.path
+        if clock_offset is None:
+            clock_offset = time.time() - time.perf_counter()
+        token, path, remote, upstream = self.token, self.path, self.remote, self.upstream
+        remote = "null" if remote is None else _Q + remote + _Q
+        upstream = "null" if upstream is None else _Q + upstream + _Q
         if (token and token in path) or "=" in path or "@" in path:  # what `mask` looks for
             path = mask(path, token)
         request_id = (encode_basestring_ascii(mask(self.request_id, token)) if self.id_from_client
                       else f'"{self.request_id}"')  # fmt: skip
+        decision = self.decision
+        if decision is _NO_DECISION and self.reason is not None:  # answered before a decision
+            decision = decision_fields(self.reason, None)
         return (
-            f'{{"time":{time.time():.3f},"request_id":{request_id},'
-            f'"pid":{_PID[0]},"remote":{_json_safe(self.remote)},"method":"{self.method}",'
-            f'"path":{encode_basestring_ascii(path)},"route":"{self.route}",'
-            f'"status":{self.status},"reason":{_json_safe(self.reason)},"job_id":{_json_int(self.job_id)},'
-            f'"source_project":{_json_int(self.source_project)},'
-            f'"target_project":{_json_int(self.target_project)},"upstream":{_json_safe(self.upstream)},'
-            f'"bytes_in":{self.bytes_in},"bytes_out":{self.bytes_out},'
-            f'"duration_ms":{(time.perf_counter() - self.started) * 1000:.3f}}}'
+            f'{{"time":{self.started + self.seconds + clock_offset:.3f},"request_id":{request_id},'
+            f'"pid":{_PID[0]},"remote":{remote},"method":"{self.method}",'
+            f'"path":{encode_basestring_ascii(path)},"route":"{self.route}","status":{self.status},'
+            f'{decision},"upstream":{upstream},"bytes_in":{self.bytes_in},"bytes_out":{self.bytes_out},'
+            f'"duration_ms":{self.seconds * 1000:.3f}}}'
         )
 
 
+def decision_fields(reason: str, state: AccessState | None) -> str:
+    """The access-log fields of a decision: reason, job and projects (JSON, no braces)."""
+    job, source, target = (state.job, state.source, state.target) if state is not None else (None, None, None)
+    return (f'"reason":"{reason}","job_id":{_json_int(job.id if job else None)},'
+            f'"source_project":{_json_int(source.id if source else None)},'
+            f'"target_project":{_json_int(target.id if target else None)}')  # fmt: skip
+
+
+_Q = '"'
 _PID = [os.getpid()]  # refreshed in forked workers
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
-
-
-def _json_safe(value: str | None) -> str:
-    """A string that needs no escaping (see `RequestLog.line`), or null."""
-    return "null" if value is None else f'"{value}"'
 
 
 def _json_int(value: int | None) -> str:

@@ -52,9 +52,13 @@ class Protocol(StrEnum):
     REGISTRY = "registry"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Action:
-    """What a route does to its project, and what that takes."""
+    """What a route does to its project, and what that takes.
+
+    Compared and hashed by identity (`eq=False`): each action is one constant, and a
+    cache entry remembers its decisions by action on every request.
+    """
 
     name: str
     min_level: int

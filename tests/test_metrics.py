@@ -1,44 +1,54 @@
-"""The hot path tallies into metric value stores itself: it must expose what the public API would."""
+"""Finished requests are counted in batches straight into the metric value stores: the
+exposition must be what the public API would give, and nothing may wait past a fold period."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 
-from prometheus_client import Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 
-from gateway.observe import Metrics, RequestLog
+from gateway.observe import AccessLog, Metrics, RequestLog
 
 AMOUNTS = [0.0, 0.004, 0.005, 0.0051, 0.3, 2.5, 7.0, 10.0, 11.0, 1e9]
 
 
-def exposition(direct: bool) -> bytes:
-    metrics = Metrics()  # its registry folds the tallies before every collection
-    registry = metrics.registry
-    histogram = Histogram("h", "h", ["l"], registry=registry)
-    counter = Counter("c", "c", ["l"], registry=registry)
-    tallied_histogram = metrics._histogram(histogram.labels("x"))
-    tallied_counter = metrics._counter(counter.labels("x"))
-    for amount in AMOUNTS:  # on bucket bounds, between them, past the last one
-        if direct:
-            tallied_histogram.observe(amount)
-            tallied_counter.add(amount)
-        else:
-            histogram.labels("x").observe(amount)
-            counter.labels("x").inc(amount)
-    return b"\n".join(line for line in generate_latest(registry).splitlines() if b"_created" not in line)
-
-
-def test_direct_series_expose_exactly_what_the_public_api_would() -> None:
-    assert exposition(direct=True) == exposition(direct=False)
-
-
-def test_one_account_call_counts_a_whole_request() -> None:
-    metrics = Metrics()
+def finished(seconds: float, route: str = "packages_read", status: int = 200) -> RequestLog:
     entry = RequestLog("id", "GET", "/p", "127.0.0.1")
-    entry.route, entry.status, entry.reason, entry.upstream = "packages_read", 200, "same_project", "packages"
-    entry.bytes_out, entry.upstream_seconds = 1234, 0.002
+    entry.route, entry.status, entry.reason, entry.upstream = route, status, "same_project", "packages"
+    entry.seconds, entry.upstream_seconds = seconds, seconds / 2
+    entry.bytes_in, entry.bytes_out = int(seconds * 10), 1234
+    return entry
+
+
+def exposition(metrics: Metrics) -> bytes:
+    lines = generate_latest(metrics.registry).splitlines()
+    return b"\n".join(line for line in lines if b"_created" not in line)
+
+
+def test_a_fold_exposes_exactly_what_the_public_api_would() -> None:
+    folded, public = Metrics(), Metrics()
+    for number, amount in enumerate(AMOUNTS):  # on bucket bounds, between them, past the last one
+        route, status = ("packages_read", "git_read")[number % 2], (200, 404)[number % 3 // 2]
+        entry = finished(amount, route=route, status=status)
+        folded.started()
+        folded.finish(entry)
+        public.requests.labels(entry.route, "GET", str(entry.status)).inc()
+        public.request_seconds.labels(entry.route).observe(entry.seconds)
+        public.decisions.labels("allow", "same_project").inc()
+        public.upstream_seconds.labels("packages").observe(entry.upstream_seconds)
+        public.bytes.labels("packages", "up").inc(entry.bytes_in)
+        public.bytes.labels("packages", "down").inc(entry.bytes_out)
+    folded.cache_lookups["hit"] += 3
+    public.cache.labels("hit").inc(3)
+    assert exposition(folded) == exposition(public)
+
+
+def test_one_finish_counts_a_whole_request() -> None:
+    metrics = Metrics()
     metrics.started()
-    metrics.account(entry, 0.003)
+    metrics.finish(finished(0.003))
     sample = metrics.registry.get_sample_value
     assert sample("jobgate_requests_total", {"route": "packages_read", "method": "GET", "code": "200"}) == 1
     assert sample("jobgate_request_duration_seconds_count", {"route": "packages_read"}) == 1
@@ -46,20 +56,44 @@ def test_one_account_call_counts_a_whole_request() -> None:
     assert sample("jobgate_proxied_bytes_total", {"upstream": "packages", "direction": "down"}) == 1234
     assert sample("jobgate_upstream_duration_seconds_bucket", {"upstream": "packages", "le": "0.005"}) == 1
     assert sample("jobgate_in_flight_requests") == 0
+    entry = finished(0.001)
     entry.reason = "rate_limited"  # not a decision: not counted as one
-    metrics.account(entry, 0.001)
+    metrics.finish(entry)
     assert sample("jobgate_auth_decisions_total", {"result": "allow", "reason": "same_project"}) == 1
+    assert sample("jobgate_requests_total", {"route": "packages_read", "method": "GET", "code": "200"}) == 2
 
 
-async def test_tallies_reach_their_value_stores_within_the_fold_period() -> None:
-    """Another process (the multiprocess parent) reads the stores, not the tallies."""
+async def test_finished_requests_are_counted_and_logged_within_the_fold_period() -> None:
+    """Another process (the multiprocess parent) reads the stores; people read the log."""
+    read, write = os.pipe()
+    os.set_blocking(read, False)
     metrics = Metrics()
-    store = metrics.cache.labels("hit")._value
-    metrics.count_cache("hit")
-    metrics.count_cache("hit")
+    metrics.log = AccessLog(write)
+    store = metrics.requests.labels("packages_read", "GET", "200")._value
+    gauge = metrics.in_flight._value
+    metrics.started()
+    metrics.started()
+    await asyncio.sleep(Metrics.FOLD_SECONDS * 2)
+    assert gauge.get() == 2  # in flight, nothing finished yet: the gauge is still folded
+    metrics.finish(finished(0.01))
+    metrics.finish(finished(0.02))
     await asyncio.sleep(0)
-    assert store.get() == 0  # still tallied: one store write per period, not per request
+    assert store.get() == 0  # queued: one store write per period, not per request
+    assert not _drain(read)
     await asyncio.sleep(Metrics.FOLD_SECONDS * 2)  # a later timer than the fold's
-    assert store.get() == 2
-    metrics.count_cache("hit")
-    assert metrics.registry.get_sample_value("jobgate_cache_lookups_total", {"result": "hit"}) == 3
+    assert store.get() == 2 and gauge.get() == 0
+    lines = [json.loads(line) for line in _drain(read).splitlines()]
+    assert [line["duration_ms"] for line in lines] == [10.0, 20.0]
+    metrics.finish(finished(0.01))
+    assert metrics.registry.get_sample_value(
+        "jobgate_requests_total", {"route": "packages_read", "method": "GET", "code": "200"}) == 3
+    assert len(_drain(read).splitlines()) == 1  # a scrape logs what it counted
+    os.close(read)
+    os.close(write)
+
+
+def _drain(fd: int) -> bytes:
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return b""

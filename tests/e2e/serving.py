@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from gateway.devredis import free_port
+from gateway.observe import Metrics
 
 HERE = Path(__file__).parent
 
@@ -105,6 +106,9 @@ class JobgateProcess:
         return code
 
     def log(self) -> str:
+        """Everything the gateway printed, including the access lines of every finished request
+        (written at the next fold, Metrics.FOLD_SECONDS at most after the request ended)."""
+        time.sleep(Metrics.FOLD_SECONDS * 3)
         return self.log_path.read_text(errors="replace")
 
     def admin(self, *args: str) -> str:
