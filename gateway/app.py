@@ -292,33 +292,40 @@ def job_json(decision: Decision) -> web.Response:
     )
 
 
+def remembered(gateway: Gateway, action: Action | None, target: TargetRef, locator: str) -> Decision | None:
+    """The decision a warm cache gives without Redis (made once per action and entry), or None."""
+    entry = gateway.cache.entry((locator, target))
+    if entry is None:
+        return None
+    gateway.metrics.cache_lookups["hit"] += 1
+    decision = entry.decisions.get(action)
+    now = time.time()
+    if decision is None or now >= entry.valid_until:
+        decision = entry.decisions[action] = decide(action, entry.state, now, gateway.runtime.config.scope)
+    return decision
+
+
 async def authorize(
     gateway: Gateway, action: Action | None, target: TargetRef, locator: str | None
 ) -> Decision:
     """Read the state the token's `credential_key` names and decide; StoreUnavailable fails closed.
 
-    A warm cache answers without Redis, and with the decision already made for this
-    action when there is one (decisions are remembered on the cache entry).
+    A warm cache answers without Redis (`remembered`), and with the decision already made
+    for this action when there is one (decisions are remembered on the cache entry).
     """
     if locator is None:
         return Decision(Reason.NO_CREDENTIAL, action=action)
-    cache, metrics, scope = gateway.cache, gateway.metrics, gateway.runtime.config.scope
-    key = (locator, target)
-    entry = cache.entry(key)
-    now = time.time()
-    if entry is not None:
-        metrics.cache_lookups["hit"] += 1
-        decision = entry.decisions.get(action)
-        if decision is None or now >= entry.valid_until:
-            decision = entry.decisions[action] = decide(action, entry.state, now, scope)
+    decision = remembered(gateway, action, target, locator)
+    if decision is not None:
         return decision
+    cache, metrics = gateway.cache, gateway.metrics
     generation = cache.generation
     started = time.perf_counter()
     state = await gateway.store.read_access_key(locator, target)
     metrics.redis_seconds.observe(time.perf_counter() - started)
-    entry = cache.put(key, state, generation)
+    entry = cache.put((locator, target), state, generation)
     metrics.cache_lookups["miss" if cache.available else "bypass"] += 1
-    decision = decide(action, state, time.time(), scope)
+    decision = decide(action, state, time.time(), gateway.runtime.config.scope)
     if entry is not None:
         entry.decisions[action] = decision
     return decision
@@ -419,7 +426,9 @@ async def evaluate(
     grant = _registry_grant(request, gateway.issuer) if is_registry and credential is None else None
     locator = credential_key(credential.token) if credential else grant.key if grant else None
     try:
-        decision = await authorize(gateway, route.action, matched.target, locator)
+        decision = remembered(gateway, route.action, matched.target, locator) if locator else None
+        if decision is None:  # a warm cache answers without a coroutine: most requests do
+            decision = await authorize(gateway, route.action, matched.target, locator)
         if limit and decision.reason is Reason.UNKNOWN_TOKEN:
             blocked = await gateway.limiter.fail(gateway.store, client, limit)
             if blocked:

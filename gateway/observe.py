@@ -51,24 +51,21 @@ class AccessLog:
         self.write_lines([entry.line(offset) for entry in entries])
 
     def write_lines(self, lines: list[str]) -> None:
-        """Write lines now, in writes of at most PIPE_BUF bytes of whole lines."""
-        data = "\n".join(lines).encode("utf-8", "backslashreplace") + b"\n"
-        if len(data) <= PIPE_BUF:  # a quiet period: one write
-            self._write(data)
-            return
-        chunk: list[bytes] = []
-        size = 0
-        for line in lines:
-            data = line.encode("utf-8", "backslashreplace") + b"\n"
-            if size + len(data) > PIPE_BUF and chunk:
-                self._write(b"".join(chunk))
-                chunk, size = [], 0
-            chunk.append(data)
-            size += len(data)
-        if chunk:
-            self._write(b"".join(chunk))
+        """Write lines now, in writes of at most PIPE_BUF bytes of whole lines (a longer
+        line goes alone)."""
+        data = ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+        view, start, end = memoryview(data), 0, len(data)
+        while start < end:
+            stop = start + PIPE_BUF
+            if stop >= end:
+                stop = end
+            else:  # just after the last newline that fits, or after a line longer than PIPE_BUF
+                cut = data.rfind(b"\n", start, stop)
+                stop = cut + 1 if cut >= start else data.index(b"\n", stop) + 1
+            self._write(view[start:stop])
+            start = stop
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: memoryview) -> None:
         try:
             while data:
                 data = data[os.write(self.fd, data) :]
@@ -168,9 +165,10 @@ class Metrics:
         self.cache_lookups = {"hit": 0, "miss": 0, "bypass": 0}  # since the last fold
         self._finished: list[RequestLog] = []
         self._fold_pending = False
-        self._requests: dict[tuple[str, str, int], tuple[Any, _Buckets]] = {}
-        self._decisions: dict[str, Any] = {}
-        self._upstreams: dict[str, tuple[_Buckets, Any, Any]] = {}
+        self._requests: dict[tuple[str, str, int], tuple[_Count, _Timing]] = {}
+        self._decisions: dict[str, _Count] = {}
+        self._upstreams: dict[str, tuple[_Timing, _Count, _Count]] = {}
+        self._series: list[_Count | _Timing] = []  # every accumulator above, to flush
 
     def started(self) -> None:
         """A request began (the in-flight gauge)."""
@@ -198,75 +196,103 @@ class Metrics:
         entries, self._finished = self._finished, []
         if entries and self.log is not None:
             self.log.write_entries(entries)
-        amounts: dict[Any, float] = {}  # value store -> what to add to it
-        for result, count in self.cache_lookups.items():
-            if count:
-                store = self.cache.labels(result)._value
-                amounts[store] = count
+        for result, lookups in self.cache_lookups.items():
+            if lookups:
+                self.cache.labels(result).inc(lookups)
                 self.cache_lookups[result] = 0
         requests, decisions, upstreams = self._requests, self._decisions, self._upstreams
-        get = amounts.get
-        for entry in entries:
-            series = requests.get((entry.route, entry.method, entry.status)) or self._request_series(entry)
-            count, (total, buckets, bounds) = series
+        for entry in entries:  # plain arithmetic on accumulators; the stores are written below
+            count, timing = (requests.get((entry.route, entry.method, entry.status))
+                             or self._request_series(entry))  # fmt: skip
+            count.amount += 1
             seconds = entry.seconds
-            amounts[count] = get(count, 0) + 1
-            amounts[total] = get(total, 0) + seconds
-            bucket = buckets[bisect_left(bounds, seconds)]
-            amounts[bucket] = get(bucket, 0) + 1
+            timing.total += seconds
+            timing.counts[bisect_left(timing.bounds, seconds)] += 1
             reason = entry.reason
             if reason is not None and reason in _DECISION_REASONS:
-                decision = decisions.get(reason) or self._decision_series(reason)
-                amounts[decision] = get(decision, 0) + 1
+                (decisions.get(reason) or self._decision_series(reason)).amount += 1
             if entry.upstream is not None:
-                upstream = upstreams.get(entry.upstream) or self._upstream_series(entry.upstream)
-                (total, buckets, bounds), sent, received = upstream
+                upstream = entry.upstream
+                timing, sent, received = upstreams.get(upstream) or self._upstream_series(upstream)
                 seconds = entry.upstream_seconds
-                amounts[total] = get(total, 0) + seconds
-                bucket = buckets[bisect_left(bounds, seconds)]
-                amounts[bucket] = get(bucket, 0) + 1
-                if entry.bytes_in:
-                    amounts[sent] = get(sent, 0) + entry.bytes_in
-                if entry.bytes_out:
-                    amounts[received] = get(received, 0) + entry.bytes_out
-        for store, amount in amounts.items():
-            store.inc(amount)
+                timing.total += seconds
+                timing.counts[bisect_left(timing.bounds, seconds)] += 1
+                sent.amount += entry.bytes_in
+                received.amount += entry.bytes_out
+        if entries:
+            for series in self._series:
+                series.flush()
         self.in_flight.set(self.active)
 
-    def _request_series(self, entry: RequestLog) -> tuple[Any, _Buckets]:
-        series = (self.requests.labels(entry.route, method_label(entry.method), str(entry.status))._value,
-                  _buckets(self.request_seconds.labels(entry.route)))  # fmt: skip
+    def _request_series(self, entry: RequestLog) -> tuple[_Count, _Timing]:
+        count = self._count(self.requests.labels(entry.route, method_label(entry.method), str(entry.status)))
+        series = count, self._timing(self.request_seconds.labels(entry.route))
         if len(self._requests) < 10_000:  # every label is bounded; the key (raw method) may not be
             self._requests[(entry.route, entry.method, entry.status)] = series
         return series
 
-    def _decision_series(self, reason: str) -> Any:
+    def _decision_series(self, reason: str) -> _Count:
         allowed = "allow" if reason in ALLOWING else "deny"
-        store = self._decisions[reason] = self.decisions.labels(allowed, reason)._value
-        return store
+        count = self._decisions[reason] = self._count(self.decisions.labels(allowed, reason))
+        return count
 
-    def _upstream_series(self, name: str) -> tuple[_Buckets, Any, Any]:
-        series = (_buckets(self.upstream_seconds.labels(name)), self.bytes.labels(name, "up")._value,
-                  self.bytes.labels(name, "down")._value)  # fmt: skip
+    def _upstream_series(self, name: str) -> tuple[_Timing, _Count, _Count]:
+        series = (self._timing(self.upstream_seconds.labels(name)),
+                  self._count(self.bytes.labels(name, "up")), self._count(self.bytes.labels(name, "down")))
         if len(self._upstreams) < 1_000:
             self._upstreams[name] = series
         return series
 
+    def _count(self, child: Any) -> _Count:
+        count = _Count(child)
+        self._series.append(count)
+        return count
 
-#: A histogram child's value stores: its sum, its buckets, and their upper bounds.
-_Buckets = tuple[Any, list[Any], list[float]]
+    def _timing(self, child: Any) -> _Timing:
+        timing = _Timing(child)
+        self._series.append(timing)
+        return timing
 
 
-def _buckets(child: Any) -> _Buckets:
-    """The stores behind one prometheus-client histogram child.
+class _Count:
+    """What finished requests added to one counter child since the last fold."""
+
+    __slots__ = ("amount", "store")
+
+    def __init__(self, child: Any) -> None:
+        self.store = child._value
+        self.amount = 0
+
+    def flush(self) -> None:
+        if self.amount:
+            self.store.inc(self.amount)
+            self.amount = 0
+
+
+class _Timing:
+    """What finished requests added to one histogram child since the last fold.
 
     `Histogram.observe` checks its argument and adds to `_sum` and to the bucket of the
-    first upper bound not below the amount, each under a lock; `Metrics.fold` adds to the
-    same stores through their own `inc`, so single-process and multiprocess (mmap) modes
+    first upper bound not below the amount, each under a lock; `flush` adds to the same
+    value stores through their own `inc`, so single-process and multiprocess (mmap) modes
     both work. The metrics tests compare with the public API's exposition, so a change in
     the library shows there.
     """
-    return child._sum, child._buckets, child._upper_bounds
+
+    __slots__ = ("bounds", "buckets", "counts", "sum", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.sum, self.buckets, self.bounds = child._sum, child._buckets, child._upper_bounds
+        self.total = 0.0
+        self.counts = [0] * len(self.buckets)
+
+    def flush(self) -> None:
+        if self.total or any(self.counts):
+            self.sum.inc(self.total)
+            for bucket, count in zip(self.buckets, self.counts, strict=True):
+                if count:
+                    bucket.inc(count)
+            self.total, self.counts = 0.0, [0] * len(self.buckets)
 
 
 class _FoldFirst:

@@ -109,8 +109,7 @@ def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]
     headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
     headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
     headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
-    for name, value in forward.identity.items():
-        headers.add(name, value)  # the client's own X-Jobgate-* headers were dropped above
+    headers.extend(forward.identity)  # the client's own X-Jobgate-* headers were dropped above
     if forward.request_id:
         headers["X-Request-Id"] = forward.request_id
     for name, value in forward.upstream.headers.items():

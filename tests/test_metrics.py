@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from typing import Any
 
 from prometheus_client import generate_latest
 
-from gateway.observe import AccessLog, Metrics, RequestLog
+from gateway.observe import PIPE_BUF, AccessLog, Metrics, RequestLog
 
 AMOUNTS = [0.0, 0.004, 0.005, 0.0051, 0.3, 2.5, 7.0, 10.0, 11.0, 1e9]
 
@@ -97,3 +98,16 @@ def _drain(fd: int) -> bytes:
         return os.read(fd, 1 << 16)
     except BlockingIOError:
         return b""
+
+
+def test_access_lines_go_out_in_whole_lines_of_at_most_pipe_buf_bytes(monkeypatch: Any) -> None:
+    """Workers share stderr: a write of at most PIPE_BUF bytes is never interleaved with another."""
+    writes: list[bytes] = []
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(bytes(data)) or len(data))
+    lines = [f"{n}:" + "x" * (n * 37 % 700) for n in range(200)] + ["long" * 2000, "é", "last"]
+    AccessLog(99).write_lines(lines)
+    assert b"".join(writes).decode() == "\n".join(lines) + "\n"
+    for data in writes:
+        assert data.endswith(b"\n")
+        assert len(data) <= PIPE_BUF or data.count(b"\n") == 1  # only a line too long goes over, alone
+    assert len(writes) < len(lines) / 5  # batched, not a write per line
