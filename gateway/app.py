@@ -36,7 +36,7 @@ from .credentials import (
 from .decision import ALLOWING, Decision, Reason, decide
 from .observe import Metrics, RequestLog, access_log, mask
 from .protocols import registry
-from .proxy import Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
+from .proxy import REQUEST_ID, Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
 from .routes import Action, PathError, Protocol, RouteMatch, repo_ref, resolve
 from .store import Store, StoreUnavailable, TargetRef, connect, credential_key
 
@@ -143,11 +143,12 @@ class Gateway:
 
 GATEWAY = web.AppKey("gateway", Gateway)
 
-IDENTITY_JOB = "X-Jobgate-Job-Id"
-IDENTITY_PROJECT = "X-Jobgate-Project-Id"
-IDENTITY_TARGET = "X-Jobgate-Target-Project-Id"
-IDENTITY_USER = "X-Jobgate-User-Id"
-IDENTITY_PIPELINE_SOURCE = "X-Jobgate-Pipeline-Source"
+# Header names as `istr`: multidict takes them without case-folding them again.
+IDENTITY_JOB = istr("X-Jobgate-Job-Id")
+IDENTITY_PROJECT = istr("X-Jobgate-Project-Id")
+IDENTITY_TARGET = istr("X-Jobgate-Target-Project-Id")
+IDENTITY_USER = istr("X-Jobgate-User-Id")
+IDENTITY_PIPELINE_SOURCE = istr("X-Jobgate-Pipeline-Source")
 
 log = logging.getLogger("jobgate")
 Handler = Callable[[web.Request, RequestLog, "Gateway"], Awaitable[web.StreamResponse]]
@@ -156,7 +157,6 @@ Handler = Callable[[web.Request, RequestLog, "Gateway"], Awaitable[web.StreamRes
 _NO_QUERY: MultiMapping[str] = MultiDictProxy(MultiDict())
 _ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter: unique without a syscall
 _ID_COUNTER = itertools.count(1)
-_REQUEST_ID = istr("X-Request-Id")  # an istr is looked up without case-folding
 
 
 def observed(
@@ -166,7 +166,7 @@ def observed(
     metrics = gateway.metrics
 
     async def observe(request: web.Request) -> web.StreamResponse:
-        request_id = request.headers.get(_REQUEST_ID, "")
+        request_id = request.headers.get(REQUEST_ID, "")
         from_client = 0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()
         if not from_client:
             request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
@@ -191,7 +191,7 @@ def observed(
             entry.seconds = time.perf_counter() - entry.started
             metrics.finish(entry)  # counted and logged at the next fold
         if not response.prepared:  # a proxied response carries it already (see Forward)
-            response.headers["X-Request-Id"] = request_id
+            response.headers[REQUEST_ID] = request_id
         return response
 
     return observe
@@ -242,7 +242,7 @@ def _identity(decision: Decision, pipeline_source: bool) -> Mapping[str, str]:
     state = decision.state
     assert state is not None and state.source is not None
     job, target = state.job, state.target
-    identity = {IDENTITY_PROJECT: str(state.source.id)}
+    identity: dict[str, str] = {IDENTITY_PROJECT: str(state.source.id)}
     if job is not None:
         identity[IDENTITY_JOB] = str(job.id)
         identity[IDENTITY_USER] = str(job.user_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from typing import NamedTuple
@@ -114,8 +115,13 @@ def extract_credential(
     return Credential(token, frozenset(source for source, _ in found))
 
 
+@functools.lru_cache(maxsize=4096)
 def _checked(token: str, max_length: int) -> str:
-    """`token` when it can be a token at all; CredentialError when it is empty, too long or malformed."""
+    """`token` when it can be a token at all; CredentialError when it is empty, too long or malformed.
+
+    Remembered for the last 4,096 good tokens (a CI job sends its token many times); a bad
+    one raises again every time.
+    """
     if not token:
         raise CredentialError("empty token")
     if len(token) > max_length:
