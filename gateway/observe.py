@@ -103,6 +103,10 @@ class Metrics:
     #: (the `--workers` parent, which reads the workers' stores) can lag behind, and how late
     #: an access line may be written. A scrape of this registry is never stale.
     FOLD_SECONDS = 0.1
+    #: A fold also starts once this many finished requests wait: it holds the event loop
+    #: ~3 µs per request (its access line and its counts), so a bounded batch is a bounded
+    #: pause (~0.2 ms) for the requests in flight.
+    FOLD_BATCH = 64
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -164,7 +168,7 @@ class Metrics:
         self.active = 0  # requests in flight in this process
         self.cache_lookups = {"hit": 0, "miss": 0, "bypass": 0}  # since the last fold
         self._finished: list[RequestLog] = []
-        self._fold_pending = False
+        self._timer: asyncio.TimerHandle | None = None  # the next fold, when one is due
         self._requests: dict[tuple[str, str, int], tuple[_Count, _Timing]] = {}
         self._decisions: dict[str, _Count] = {}
         self._upstreams: dict[str, tuple[_Timing, _Count, _Count]] = {}
@@ -173,26 +177,30 @@ class Metrics:
     def started(self) -> None:
         """A request began (the in-flight gauge)."""
         self.active += 1
-        if not self._fold_pending:
+        if self._timer is None:
             self._schedule()
 
     def finish(self, entry: RequestLog) -> None:
-        """A request ended: it is counted and logged at the next fold (FOLD_SECONDS at most)."""
+        """A request ended: it is counted and logged at the next fold (FOLD_SECONDS at most,
+        sooner once FOLD_BATCH requests wait: a fold holds the loop ~3 µs per request)."""
         self.active -= 1
         self._finished.append(entry)
-        if not self._fold_pending:
+        if len(self._finished) >= self.FOLD_BATCH:
+            self.fold()
+        elif self._timer is None:
             self._schedule()
 
     def _schedule(self) -> None:
         try:
-            asyncio.get_running_loop().call_later(self.FOLD_SECONDS, self.fold)
-            self._fold_pending = True
+            self._timer = asyncio.get_running_loop().call_later(self.FOLD_SECONDS, self.fold)
         except RuntimeError:  # no loop (tools, tests): count and log now
             self.fold()
 
     def fold(self) -> None:
         """Count and log every finished request, and bring the in-flight gauge up to date."""
-        self._fold_pending = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         entries, self._finished = self._finished, []
         if entries and self.log is not None:
             self.log.write_entries(entries)

@@ -93,6 +93,22 @@ async def test_finished_requests_are_counted_and_logged_within_the_fold_period()
     os.close(write)
 
 
+async def test_a_full_batch_is_folded_at_once() -> None:
+    """A fold pauses the loop for every request it holds: under load it must not wait 0.1 s."""
+    metrics = Metrics()
+    store = metrics.requests.labels("packages_read", "GET", "200")._value
+    for _ in range(Metrics.FOLD_BATCH):
+        metrics.started()
+    for _ in range(Metrics.FOLD_BATCH - 1):
+        metrics.finish(finished(0.01))
+    assert store.get() == 0
+    metrics.finish(finished(0.01))
+    assert store.get() == Metrics.FOLD_BATCH  # no await in between: folded by that finish
+    metrics.started()  # and the timer still runs after a fold that cancelled it
+    await asyncio.sleep(Metrics.FOLD_SECONDS * 2)
+    assert metrics.in_flight._value.get() == 1
+
+
 def _drain(fd: int) -> bytes:
     try:
         return os.read(fd, 1 << 16)

@@ -135,6 +135,8 @@ def test_sigterm_drains_an_in_flight_request(
         thread.join(timeout=20)
         assert result["answer"] == (200, b"\0" * 5000)
         assert gw.process.wait(timeout=20) == 0
+        drained = [json.loads(line) for line in gw.log().splitlines() if "delay=1.5" in line]
+        assert [line["status"] for line in drained] == [200]  # its access line is out by the exit
 
 
 def test_sighup_reloads_and_keeps_the_old_config_on_error(
