@@ -170,6 +170,7 @@ class Metrics:
         self._finished: list[RequestLog] = []
         self._timer: asyncio.TimerHandle | None = None  # the next fold, when one is due
         self._requests: dict[tuple[str, str, int], tuple[_Count, _Timing]] = {}
+        self._labelled: dict[tuple[str, str, str], tuple[_Count, _Timing]] = {}
         self._decisions: dict[str, _Count] = {}
         self._upstreams: dict[str, tuple[_Timing, _Count, _Count]] = {}
         self._series: list[_Count | _Timing] = []  # every accumulator above, to flush
@@ -233,9 +234,12 @@ class Metrics:
         self.in_flight.set(self.active)
 
     def _request_series(self, entry: RequestLog) -> tuple[_Count, _Timing]:
-        count = self._count(self.requests.labels(entry.route, method_label(entry.method), str(entry.status)))
-        series = count, self._timing(self.request_seconds.labels(entry.route))
-        if len(self._requests) < 10_000:  # every label is bounded; the key (raw method) may not be
+        labels = (entry.route, method_label(entry.method), str(entry.status))
+        series = self._labelled.get(labels)
+        if series is None:  # one per label set: routes, ten methods, statuses
+            count = self._count(self.requests.labels(*labels))
+            series = self._labelled[labels] = count, self._timing(self.request_seconds.labels(entry.route))
+        if len(self._requests) < 10_000:  # keyed by the raw method, which a client makes up
             self._requests[(entry.route, entry.method, entry.status)] = series
         return series
 
@@ -245,10 +249,9 @@ class Metrics:
         return count
 
     def _upstream_series(self, name: str) -> tuple[_Timing, _Count, _Count]:
-        series = (self._timing(self.upstream_seconds.labels(name)),
-                  self._count(self.bytes.labels(name, "up")), self._count(self.bytes.labels(name, "down")))
-        if len(self._upstreams) < 1_000:
-            self._upstreams[name] = series
+        series = self._upstreams[name] = (  # one per configured upstream
+            self._timing(self.upstream_seconds.labels(name)),
+            self._count(self.bytes.labels(name, "up")), self._count(self.bytes.labels(name, "down")))
         return series
 
     def _count(self, child: Any) -> _Count:

@@ -109,6 +109,18 @@ async def test_a_full_batch_is_folded_at_once() -> None:
     assert metrics.in_flight._value.get() == 1
 
 
+def test_made_up_methods_share_one_series_and_nothing_grows_with_them() -> None:
+    metrics = Metrics()
+    for number in range(12_000):  # past the raw-method memo's 10,000
+        entry = finished(0.01)
+        entry.method = f"M{number}"
+        metrics.finish(entry)
+    labels = {"route": "packages_read", "method": "OTHER", "code": "200"}
+    assert metrics.registry.get_sample_value("jobgate_requests_total", labels) == 12_000
+    # requests and their timing, the decision, the upstream's timing and bytes up and down
+    assert len(metrics._series) == 6
+
+
 def _drain(fd: int) -> bytes:
     try:
         return os.read(fd, 1 << 16)
