@@ -205,7 +205,10 @@ class Metrics:
             self._timer = None
         entries, self._finished = self._finished, []
         if entries and self.log is not None:
-            self.log.write_entries(entries)
+            try:
+                self.log.write_entries(entries)
+            except Exception as exc:  # the batch's counts still go in; no text, no token
+                logger.error("access lines of %d requests lost: %s", len(entries), type(exc).__name__)
         for result, lookups in self.cache_lookups.items():
             if lookups:
                 self.cache.labels(result).inc(lookups)

@@ -121,6 +121,16 @@ def test_made_up_methods_share_one_series_and_nothing_grows_with_them() -> None:
     assert len(metrics._series) == 6
 
 
+def test_a_line_that_cannot_be_written_loses_no_counts(monkeypatch: Any, caplog: Any) -> None:
+    metrics = Metrics()
+    metrics.log = AccessLog(99)
+    monkeypatch.setattr(RequestLog, "line", lambda self, offset=None: 1 / 0)
+    metrics.finish(finished(0.01))
+    labels = {"route": "packages_read", "method": "GET", "code": "200"}
+    assert metrics.registry.get_sample_value("jobgate_requests_total", labels) == 1
+    assert "access lines of 1 requests lost: ZeroDivisionError" in caplog.text
+
+
 def _drain(fd: int) -> bytes:
     try:
         return os.read(fd, 1 << 16)
