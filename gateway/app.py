@@ -310,16 +310,18 @@ def remembered(gateway: Gateway, action: Action | None, target: TargetRef, locat
 async def authorize(
     gateway: Gateway, action: Action | None, target: TargetRef, locator: str | None
 ) -> Decision:
-    """Read the state the token's `credential_key` names and decide; StoreUnavailable fails closed.
-
-    A warm cache answers without Redis (`remembered`), and with the decision already made
-    for this action when there is one (decisions are remembered on the cache entry).
-    """
+    """Decide for the token's `credential_key`: from a warm cache (`remembered`), else from
+    one Redis read (`read_and_decide`); StoreUnavailable fails closed."""
     if locator is None:
         return Decision(Reason.NO_CREDENTIAL, action=action)
-    decision = remembered(gateway, action, target, locator)
-    if decision is not None:
-        return decision
+    remembered_decision = remembered(gateway, action, target, locator)
+    return remembered_decision or await read_and_decide(gateway, action, target, locator)
+
+
+async def read_and_decide(
+    gateway: Gateway, action: Action | None, target: TargetRef, locator: str
+) -> Decision:
+    """Read the state the token's `credential_key` names, cache it, decide (a cache miss)."""
     cache, metrics = gateway.cache, gateway.metrics
     generation = cache.generation
     started = time.perf_counter()
@@ -428,9 +430,11 @@ async def evaluate(
     grant = _registry_grant(request, gateway.issuer) if is_registry and credential is None else None
     locator = credential_key(credential.token) if credential else grant.key if grant else None
     try:
-        decision = remembered(gateway, route.action, matched.target, locator) if locator else None
-        if decision is None:  # a warm cache answers without a coroutine: most requests do
-            decision = await authorize(gateway, route.action, matched.target, locator)
+        if locator is None:
+            decision = await authorize(gateway, route.action, matched.target, None)
+        else:  # `authorize` spelled out: a warm cache answers without a coroutine (most requests)
+            decision = (remembered(gateway, route.action, matched.target, locator)
+                        or await read_and_decide(gateway, route.action, matched.target, locator))  # fmt: skip
         if limit and decision.reason is Reason.UNKNOWN_TOKEN:
             blocked = await gateway.limiter.fail(gateway.store, client, limit)
             if blocked:

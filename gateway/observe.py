@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .decision import ALLOWING, Decision, Reason
+from .routes import MEMO_PATH_LENGTH
 from .store import AccessState
 
 _DECISION_REASONS = frozenset(Reason)
@@ -378,7 +379,7 @@ class RequestLog:
         if (token and token in path) or "=" in path or "@" in path:  # what `mask` looks for
             path = encode_basestring_ascii(mask(path, token))
         else:  # a plain path: CI fetches the same ones again and again (see routes.resolve)
-            path = _plain_path_json(path) if len(path) <= 256 else encode_basestring_ascii(path)
+            path = _plain_path_json(path) if len(path) <= MEMO_PATH_LENGTH else encode_basestring_ascii(path)
         request_id = (encode_basestring_ascii(mask(self.request_id, token)) if self.id_from_client
                       else f'"{self.request_id}"')  # fmt: skip
         decision = self.decision
