@@ -336,18 +336,23 @@ def main() -> int:
       proxy_busy_buffers_size 512k; proxy_max_temp_file_size 0; }}
 """))
             transfer(nginx.url + BIG, {}, upload=False)  # warm the page cache first
-            downloads: dict[str, list[float]] = {"direct": [], "nginx_proxy": [], "jobgate": []}
+            runs: dict[str, tuple[str, dict[str, str], bool]] = {  # url, headers, upload
+                "download_direct": (nginx.url + BIG, {}, False),
+                "download_nginx_proxy": (relay.url + BIG, {}, False),
+                "download_jobgate": (gw.url + BIG, auth, False),
+                "upload_direct": (nginx.url + UPLOAD, {}, True),
+                "upload_jobgate": (gw.url + UPLOAD, auth, True),
+            }
+            speeds: dict[str, list[float]] = {name: [] for name in runs}
             for _ in range(args.rounds):  # interleaved, like the small requests
-                downloads["direct"].append(transfer(nginx.url + BIG, {}, upload=False))
-                downloads["nginx_proxy"].append(transfer(relay.url + BIG, {}, upload=False))
-                downloads["jobgate"].append(transfer(gw.url + BIG, auth, upload=False))
-            large = {f"download_{k}_MBps": round(statistics.median(v)) for k, v in downloads.items()}
-            large["upload_direct_MBps"] = round(transfer(nginx.url + UPLOAD, {}, upload=True))
-            large["upload_jobgate_MBps"] = round(transfer(gw.url + UPLOAD, auth, upload=True))
+                for name, (url, headers, upload) in runs.items():
+                    speeds[name].append(transfer(url, headers, upload))
+            large = {f"{name}_MBps": round(statistics.median(v)) for name, v in speeds.items()}
             large["download_ratio"] = round(large["download_jobgate_MBps"] / large["download_direct_MBps"], 3)
             large["download_ratio_nginx_proxy"] = round(
                 large["download_nginx_proxy_MBps"] / large["download_direct_MBps"], 3)
             large["upload_ratio"] = round(large["upload_jobgate_MBps"] / large["upload_direct_MBps"], 3)
+            large["per_round_MBps"] = {name: [round(x) for x in v] for name, v in speeds.items()}
             large["jobgate_rss_growth_MiB"] = round((rss_peak_kib(gw.pid) - base_rss) / 1024, 1)
             results["streaming_1GiB"] = large
             print("  measured 1 GiB transfers", flush=True)
