@@ -349,10 +349,13 @@ def main() -> int:
                 for name, (url, headers, upload) in runs.items():
                     speeds[name].append(transfer(url, headers, upload))
             large = {f"{name}_MBps": round(statistics.median(v)) for name, v in speeds.items()}
-            large["download_ratio"] = round(large["download_jobgate_MBps"] / large["download_direct_MBps"], 3)
-            large["download_ratio_nginx_proxy"] = round(
-                large["download_nginx_proxy_MBps"] / large["download_direct_MBps"], 3)
-            large["upload_ratio"] = round(large["upload_jobgate_MBps"] / large["upload_direct_MBps"], 3)
+            # like the small requests: each ratio against direct of the same round, then the median
+            def ratio(name: str, base: str) -> float:
+                return round(statistics.median(a / b for a, b in zip(speeds[name], speeds[base], strict=True)), 3)
+
+            large["download_ratio"] = ratio("download_jobgate", "download_direct")
+            large["download_ratio_nginx_proxy"] = ratio("download_nginx_proxy", "download_direct")
+            large["upload_ratio"] = ratio("upload_jobgate", "upload_direct")
             large["per_round_MBps"] = {name: [round(x) for x in v] for name, v in speeds.items()}
             large["jobgate_rss_growth_MiB"] = round((rss_peak_kib(gw.pid) - base_rss) / 1024, 1)
             results["streaming_1GiB"] = large
