@@ -50,6 +50,7 @@ $(NODE_PEERS): tests/peers_node/package.json tests/peers_node/package-lock.json 
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 

@@ -11,7 +11,8 @@ import uvloop
 from aiohttp import web
 
 from gateway.config import UpstreamConfig
-from gateway.proxy import Forward, Transfer, client_session, forward_request
+from gateway.proxy import Forward, client_session, forward_request
+from gateway.relay import Transfer
 
 SESSION = web.AppKey("session", object)
 

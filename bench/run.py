@@ -159,7 +159,7 @@ async def state_scale(redis_url: str, jobs: int) -> dict[str, Any]:
     token = await store.start_job(1, 1, 7)
 
     async def latency() -> float:
-        from gateway.store import TargetRef
+        from gateway.model import TargetRef
 
         target = TargetRef(project_id=1)
         started = time.perf_counter()

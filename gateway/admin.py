@@ -32,7 +32,8 @@ from typing import Any
 from aiohttp import web
 
 from .config import PRIVATE_REDIS_URL, ConfigError, ScopeConfig, load_config
-from .store import FINISH_STATUSES, VISIBILITIES, ControlError, Store, StoreUnavailable, connect
+from .model import FINISH_STATUSES, VISIBILITIES
+from .store import ControlError, Store, StoreUnavailable, connect
 
 ADMIN_STORE = web.AppKey("admin_store", Store)
 ADMIN_TOKEN = web.AppKey("admin_token", str)

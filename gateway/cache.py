@@ -14,40 +14,83 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from .store import AccessState, Store, StoreUnavailable, TargetRef, TokenKind
+from .config import ScopeConfig
+from .decision import Decision, decide
+from .identity import identity_headers
+from .model import AccessState, TargetRef, TokenKind
+from .observe import decision_fields
+from .routes import Action
+from .store import Store, StoreUnavailable
 
 log = logging.getLogger("jobgate.cache")
 #: The token's credential key and the target: what one Redis read is about.
 CacheKey = tuple[str, TargetRef]
+#: What a decision is made for on one state: the action, and whether a registry token
+#: the request came with grants it (see `decide`).
+OutcomeKey = tuple[Action | None, bool]
+_NO_IDENTITY: Mapping[str, str] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A decision and what the requests it answers derive from it, made once per cache entry
+    and action: a warm cache hands one Outcome to every request of its token, target and
+    action."""
+
+    decision: Decision
+    log_fields: str  # the access-log fields of the decision (see `observe.decision_fields`)
+    identity: Mapping[str, str]  # the identity headers of an allowed decision
+    identity_with_source: Mapping[str, str]  # the same, with the trigger's pipeline source
+
+    @classmethod
+    def of(cls, decision: Decision) -> Outcome:
+        """Everything requests derive from `decision`."""
+        fields = decision_fields(decision.reason, decision.state)
+        if not decision.allowed or decision.source is None:
+            return cls(decision, fields, _NO_IDENTITY, _NO_IDENTITY)
+        return cls(decision, fields, identity_headers(decision, False), identity_headers(decision, True))
 
 
 class CacheEntry:
-    """One cached state, and the decisions already made from it (by action).
+    """One cached state, and the outcomes already made from it (by action).
 
     A decision depends on the clock only through the job's expiry, so a remembered one
     holds while `time < valid_until`; dropping the entry (TTL, invalidation) drops them.
     """
 
-    __slots__ = ("decisions", "expires", "state", "tags", "valid_until")
+    __slots__ = ("expires", "outcomes", "state", "tags", "valid_until")
 
     def __init__(self, state: AccessState, expires: float, tags: tuple[str, ...]) -> None:
         self.state = state
         self.expires = expires
         self.tags = tags
-        self.decisions: dict[Any, Any] = {}
+        self.outcomes: dict[OutcomeKey, Outcome] = {}
         self.valid_until = state.job.expires_at if state.job is not None else float("inf")
 
 
 class DecisionCache:
-    """AccessState by (credential key, target), tagged by job, projects and token for invalidation."""
+    """AccessState by (credential key, target), tagged by job, projects and token for invalidation.
 
-    def __init__(self, ttl: float, max_entries: int = 100_000) -> None:
+    `clock` measures the TTL (monotonic seconds); the wall-clock `now` a decision is made at
+    comes from the caller. `lookups` counts hits, misses and bypasses for the metrics.
+    """
+
+    def __init__(
+        self,
+        ttl: float,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        lookups: dict[str, int] | None = None,
+    ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.clock = clock
+        self.lookups = lookups if lookups is not None else {"hit": 0, "miss": 0, "bypass": 0}
         self.available = False  # only while the invalidation subscription is up
         self.generation = 0
         self._entries: dict[CacheKey, CacheEntry] = {}  # insertion order: oldest first
@@ -61,25 +104,53 @@ class DecisionCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: CacheKey) -> AccessState | None:
-        """The cached state, or None (miss, expired, or cache not usable)."""
-        entry = self.entry(key)
-        return entry.state if entry is not None else None
-
     def entry(self, key: CacheKey) -> CacheEntry | None:
-        """The cache entry, or None (miss, expired, or cache not usable)."""
+        """The live cache entry, or None (miss, expired, or cache not usable)."""
         if not self.available:
             return None
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires < time.monotonic():
+        if entry.expires < self.clock():
             self._drop(key)
             return None
         return entry
 
+    def outcome(
+        self, key: CacheKey, action: Action | None, grants: bool, now: float, scope: ScopeConfig
+    ) -> Outcome | None:
+        """The outcome a warm entry gives without Redis (made once per action), or None."""
+        entry = self.entry(key)
+        if entry is None:
+            return None
+        self.lookups["hit"] += 1
+        outcome = entry.outcomes.get((action, grants))
+        if outcome is None or now >= entry.valid_until:
+            decision = decide(action, entry.state, now, scope, token_grants=grants)
+            outcome = entry.outcomes[(action, grants)] = Outcome.of(decision)
+        return outcome
+
+    def remember(
+        self,
+        key: CacheKey,
+        state: AccessState,
+        generation: int,
+        action: Action | None,
+        grants: bool,
+        now: float,
+        scope: ScopeConfig,
+    ) -> Outcome:
+        """A cache miss: decide on a state read at `generation`, and keep both unless an
+        invalidation happened meanwhile."""
+        entry = self.put(key, state, generation)
+        self.lookups["miss" if self.available else "bypass"] += 1
+        outcome = Outcome.of(decide(action, state, now, scope, token_grants=grants))
+        if entry is not None:
+            entry.outcomes[(action, grants)] = outcome
+        return outcome
+
     def put(self, key: CacheKey, state: AccessState, generation: int) -> CacheEntry | None:
-        """Remember a state read at `generation`, unless an invalidation happened meanwhile."""
+        """Keep a state read at `generation`, unless an invalidation happened meanwhile."""
         if not self.available or generation != self.generation or state.kind is TokenKind.UNKNOWN:
             return None
         tags = [f"tok:{key[0][2:]}"] if key[0].startswith("t:") else []
@@ -92,7 +163,7 @@ class DecisionCache:
             self._drop(key)
         while len(self._entries) >= self.max_entries:
             self._drop(next(iter(self._entries)))
-        entry = self._entries[key] = CacheEntry(state, time.monotonic() + self.ttl, tuple(tags))
+        entry = self._entries[key] = CacheEntry(state, self.clock() + self.ttl, tuple(tags))
         for tag in tags:
             self._tags.setdefault(tag, set()).add(key)
         return entry

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from .config import ScopeConfig
+from .model import EXECUTING_STATUSES, AccessState, JobState, ProjectState, TokenKind
 from .routes import Action
-from .store import EXECUTING_STATUSES, AccessState, JobState, ProjectState, TokenKind
 
 
 class Reason(StrEnum):
@@ -34,6 +33,10 @@ class Reason(StrEnum):
     POLICY_MISSING = "policy_missing"
     TRIGGER_TOKEN_NOT_ALLOWED = "trigger_token_not_allowed"
     INSUFFICIENT_TOKEN_SCOPE = "insufficient_token_scope"
+    #: Outcomes decided before the rules: the client is over the brute-force limit, or
+    #: Redis could not be read (fail closed).
+    RATE_LIMITED = "rate_limited"
+    STORE_UNAVAILABLE = "store_unavailable"
 
 
 #: Reasons that mean "this credential cannot act at all": protocols re-challenge for these.
@@ -53,10 +56,6 @@ class Decision:
     reason: Reason
     state: AccessState | None = None
     action: Action | None = None
-    #: What requests derive from this decision (identity headers, access-log fields), made
-    #: on first use: a warm cache hands one Decision to every request of its token, target
-    #: and action, so each is built once per cache entry, not once per request.
-    derived: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def allowed(self) -> bool:
@@ -139,13 +138,27 @@ def decide(
     now: float,
     scope: ScopeConfig = _DEFAULT_SCOPE,
     checks: list[Check] | None = None,
+    token_grants: bool = True,
 ) -> Decision:
     """Allow or deny one request of `action` given the looked-up `state` at time `now`.
 
-    `action` None means a request about the job itself (`GET /api/v4/job`). When `checks`
-    is a list, every rule looked at is appended to it (the same code path decides).
+    `action` None means a request about the job itself (`GET /api/v4/job`). `token_grants`
+    False: the request came with a registry token that does not grant this action on its
+    repository, so what the job could do is refused (the client asks for a wider token).
+    When `checks` is a list, every rule looked at is appended to it (the same code path
+    decides).
     """
     check = _Trace(checks)
+    decision = _decide(action, state, now, scope, check)
+    if decision.allowed and not check("registry token grants the action", token_grants,
+                                      lambda: action.name if action else "job lookup"):  # fmt: skip
+        return Decision(Reason.INSUFFICIENT_TOKEN_SCOPE, state, action)
+    return decision
+
+
+def _decide(
+    action: Action | None, state: AccessState, now: float, scope: ScopeConfig, check: _Trace
+) -> Decision:
     invalid = _token_validity(state, now, check)
     if invalid is not None:
         return Decision(invalid, state, action)

@@ -1,9 +1,8 @@
-"""Metrics, the JSON access log and token masking."""
+"""Metrics, the JSON access log, token masking and the authentication-log recorder."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -11,24 +10,21 @@ import re
 import sys
 import time
 from bisect import bisect_left
+from collections.abc import Callable, Coroutine
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .decision import ALLOWING, Decision, Reason
-from .routes import MEMO_PATH_LENGTH
-from .store import AccessState
+from .model import AccessState
 
-_DECISION_REASONS = frozenset(Reason)
+#: Reasons counted as authorization decisions (a 429 or a 503 answers before any decision).
+_DECISION_REASONS = frozenset(Reason) - {Reason.RATE_LIMITED, Reason.STORE_UNAVAILABLE}
 
 MASK = "[MASKED]"
-KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "LOCK", "UNLOCK"}
-)
-_SECRET_PARAMS = re.compile(
-    r"(?i)((?:^|[?&;])(?:job_token|token|private_token|access_token)=)[^&#\s\"\\]*"
-)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "LOCK", "UNLOCK"})
+_SECRET_PARAMS = re.compile(r"(?i)((?:^|[?&;])(?:job_token|token|private_token|access_token)=)[^&#\s\"\\]*")
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s\"\\]*@")
 
 PIPE_BUF = 4096
@@ -115,49 +111,69 @@ class Metrics:
         r = self.registry
         r.register(_FoldFirst(self))  # a scrape (or get_sample_value) counts every finished request
         self.requests = Counter(
-            "jobgate_requests_total", "Requests by route, method and status code.",
-            ["route", "method", "code"], registry=r,
+            "jobgate_requests_total",
+            "Requests by route, method and status code.",
+            ["route", "method", "code"],
+            registry=r,
         )
         self.decisions = Counter(
-            "jobgate_auth_decisions_total", "Authorization decisions by result and reason.",
-            ["result", "reason"], registry=r,
+            "jobgate_auth_decisions_total",
+            "Authorization decisions by result and reason.",
+            ["result", "reason"],
+            registry=r,
         )
         self.request_seconds = Histogram(
-            "jobgate_request_duration_seconds", "Time to answer a request (to the last byte).",
-            ["route"], registry=r,
+            "jobgate_request_duration_seconds",
+            "Time to answer a request (to the last byte).",
+            ["route"],
+            registry=r,
         )
         self.redis_seconds = Histogram(
-            "jobgate_redis_duration_seconds", "Time of the Redis read behind one decision.",
+            "jobgate_redis_duration_seconds",
+            "Time of the Redis read behind one decision.",
             registry=r,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         )
         self.upstream_seconds = Histogram(
-            "jobgate_upstream_duration_seconds", "Time of the upstream exchange, to the last byte.",
-            ["upstream"], registry=r,
+            "jobgate_upstream_duration_seconds",
+            "Time of the upstream exchange, to the last byte.",
+            ["upstream"],
+            registry=r,
         )
         self.in_flight = Gauge(
-            "jobgate_in_flight_requests", "Requests being served.", registry=r,
+            "jobgate_in_flight_requests",
+            "Requests being served.",
+            registry=r,
             multiprocess_mode="livesum",
         )
         self.bytes = Counter(
-            "jobgate_proxied_bytes_total", "Body bytes proxied, by upstream and direction.",
-            ["upstream", "direction"], registry=r,
+            "jobgate_proxied_bytes_total",
+            "Body bytes proxied, by upstream and direction.",
+            ["upstream", "direction"],
+            registry=r,
         )
         self.upstream_errors = Counter(
-            "jobgate_upstream_errors_total", "Upstream failures by upstream and kind.",
-            ["upstream", "kind"], registry=r,
+            "jobgate_upstream_errors_total",
+            "Upstream failures by upstream and kind.",
+            ["upstream", "kind"],
+            registry=r,
         )
         self.cache = Counter(
-            "jobgate_cache_lookups_total", "Decision-input cache lookups: hit, miss or bypass.",
-            ["result"], registry=r,
+            "jobgate_cache_lookups_total",
+            "Decision-input cache lookups: hit, miss or bypass.",
+            ["result"],
+            registry=r,
         )
         self.rate_limited = Counter(
-            "jobgate_rate_limited_total", "Requests answered 429: too many unknown tokens from one client.",
+            "jobgate_rate_limited_total",
+            "Requests answered 429: too many unknown tokens from one client.",
             registry=r,
         )
         self.reloads = Counter(
-            "jobgate_config_reloads_total", "Config reloads (SIGHUP) by result: applied or rejected.",
-            ["result"], registry=r,
+            "jobgate_config_reloads_total",
+            "Config reloads (SIGHUP) by result: applied or rejected.",
+            ["result"],
+            registry=r,
         )
         self.redis_errors = Counter(
             "jobgate_redis_errors_total", "Redis reads that failed (answered 503).", registry=r
@@ -256,7 +272,9 @@ class Metrics:
     def _upstream_series(self, name: str) -> tuple[_Timing, _Count, _Count]:
         series = self._upstreams[name] = (  # one per configured upstream
             self._timing(self.upstream_seconds.labels(name)),
-            self._count(self.bytes.labels(name, "up")), self._count(self.bytes.labels(name, "down")))
+            self._count(self.bytes.labels(name, "up")),
+            self._count(self.bytes.labels(name, "down")),
+        )
         return series
 
     def _count(self, child: Any) -> _Count:
@@ -351,13 +369,11 @@ class RequestLog:
     def __repr__(self) -> str:
         return f"RequestLog(request_id={self.request_id!r}, route={self.route!r})"
 
-    def record(self, decision: Decision) -> None:
-        """Note the decision: its reason (for metrics) and its access-log fields."""
+    def record(self, decision: Decision, fields: str | None = None) -> None:
+        """Note the decision: its reason (for metrics) and its access-log fields (`fields`
+        when made already: see `cache.Outcome`)."""
         self.reason = decision.reason
-        fields = decision.derived.get("log")
-        if fields is None:
-            fields = decision.derived["log"] = decision_fields(decision.reason, decision.state)
-        self.decision = fields
+        self.decision = decision_fields(decision.reason, decision.state) if fields is None else fields
 
     def line(self, clock_offset: float | None = None) -> str:
         """The access-log line (JSON), with the token masked wherever it might appear.
@@ -378,8 +394,8 @@ class RequestLog:
         upstream = "null" if upstream is None else _Q + upstream + _Q
         if (token and token in path) or "=" in path or "@" in path:  # what `mask` looks for
             path = encode_basestring_ascii(mask(path, token))
-        else:  # a plain path: CI fetches the same ones again and again (see routes.resolve)
-            path = _plain_path_json(path) if len(path) <= MEMO_PATH_LENGTH else encode_basestring_ascii(path)
+        else:
+            path = encode_basestring_ascii(path)
         request_id = (encode_basestring_ascii(mask(self.request_id, token)) if self.id_from_client
                       else f'"{self.request_id}"')  # fmt: skip
         decision = self.decision
@@ -403,7 +419,6 @@ def decision_fields(reason: str, state: AccessState | None) -> str:
 
 
 _Q = '"'
-_plain_path_json = functools.lru_cache(maxsize=4096)(encode_basestring_ascii)
 _PID = [os.getpid()]  # refreshed in forked workers
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
@@ -414,8 +429,12 @@ def _json_int(value: int | None) -> str:
 
 class _JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        payload = {"time": round(record.created, 3), "level": record.levelname.lower(),
-                   "logger": record.name, "message": mask(record.getMessage())}
+        payload = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": mask(record.getMessage()),
+        }
         if record.exc_info and record.exc_info[0] is not None:
             payload["error"] = record.exc_info[0].__name__
         return json.dumps(payload, separators=(",", ":"))
@@ -429,3 +448,35 @@ def setup_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class AccessRecorder:
+    """Writes the authentication log (cross-project accesses) off the request path.
+
+    Each (target, source, route) is written at most once a minute per process, in a
+    background task: the request never waits for it, and `write` (the store's, best
+    effort) may fail without failing anything.
+    """
+
+    PERIOD = 60.0
+
+    def __init__(self) -> None:
+        self._recent: dict[tuple[int, int, str], float] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def note(
+        self, decision: Decision, route: str, write: Callable[[int, int, str], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Count an allowed cross-project access (at most once a minute per key, in the background)."""
+        source, target = decision.source, decision.target
+        if source is None or target is None or source.id == target.id:
+            return
+        key, now = (target.id, source.id, route), time.monotonic()
+        if self._recent.get(key, 0.0) > now:
+            return
+        if len(self._recent) > 10_000:
+            self._recent = {k: v for k, v in self._recent.items() if v > now}
+        self._recent[key] = now + self.PERIOD
+        task = asyncio.ensure_future(write(*key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

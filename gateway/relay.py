@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from .proxy import Transfer
 
 RELAY_MIN = 1 << 20  # bodies at least this long are relayed
 RELAY_BUFFER = 512 * 1024  # one socket read (256 KiB: ~0.7x, 512 KiB: ~0.8x direct; 1 MiB: no better)
 CLIENT_HIGH = 4 * RELAY_BUFFER  # bytes queued for the client before the upstream is paused
 _NO_BODY = frozenset({204, 304})
+
+
+@dataclass(slots=True)
+class Transfer:
+    """Byte counts of one proxied exchange, for metrics and the access log."""
+
+    sent: int = 0
+    received: int = 0
+    client_stalled: bool = False  # the request body stopped arriving (slow client)
 
 
 def relayable(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:

@@ -1,7 +1,8 @@
-"""Every answer jobgate gives itself: denials, challenges and errors, per protocol.
+"""Every answer jobgate gives itself: denials, challenges and errors, per protocol, in one place.
 
 A denied client sees the same 404 whatever the rule, so a project's existence never
-leaks; explain mode (off by default) answers GitLab's 403 messages instead.
+leaks; explain mode (off by default) answers GitLab's 403 messages instead. Git and the
+container registry get the challenges and texts their clients expect.
 """
 
 from __future__ import annotations
@@ -9,12 +10,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from .decision import DEAD_CREDENTIAL, Decision, Reason
-from .protocols import registry
 from .routes import Protocol
 
-GIT_NOT_FOUND = (
-    "The project you were looking for could not be found or you don't have permission to view it."
-)
+REGISTRY_SERVICE = "container_registry"
+
+GIT_NOT_FOUND = "The project you were looking for could not be found or you don't have permission to view it."
 REALM = "GitLab"
 
 
@@ -77,7 +77,7 @@ def denial(
     """
     reason = decision.reason
     if protocol is Protocol.REGISTRY and reason in DEAD_CREDENTIAL:
-        return registry.challenge(realm, scope)
+        return registry_challenge(realm, scope)
     if protocol is Protocol.GIT and reason is Reason.NO_CREDENTIAL:
         return git_challenge()
     if explain and reason not in (Reason.NO_CREDENTIAL, Reason.UNKNOWN_TOKEN):
@@ -85,7 +85,7 @@ def denial(
     if protocol is Protocol.GIT:
         return web.Response(status=404, text=GIT_NOT_FOUND)
     if protocol is Protocol.REGISTRY:
-        return registry.not_found()
+        return registry_not_found()
     return not_found()
 
 
@@ -95,4 +95,38 @@ def git_challenge() -> web.Response:
         status=401,
         text="HTTP Basic: Access denied\n",
         headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
+    )
+
+
+def registry_challenge(realm: str, scope: str | None = None) -> web.Response:
+    """401 telling a registry client where to get a registry token."""
+    header = f'Bearer realm="{realm}",service="{REGISTRY_SERVICE}"'
+    if scope:
+        header += f',scope="{scope}"'
+    body = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required", "detail": None}]}
+    return web.json_response(body, status=401, headers={"WWW-Authenticate": header})
+
+
+def registry_not_found() -> web.Response:
+    """The uniform registry denial: the repository is unknown to this client."""
+    body = {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry",
+                        "detail": None}]}  # fmt: skip
+    return web.json_response(body, status=404)
+
+
+def job_entity(decision: Decision) -> web.Response:
+    """`GET /api/v4/job`: the job a valid token belongs to."""
+    job = decision.job
+    assert job is not None and decision.source is not None
+    return web.json_response(
+        {
+            "id": job.id,
+            "name": job.name,
+            "status": job.status,
+            "ref": job.ref,
+            "project_id": job.project_id,
+            "pipeline": {"id": job.pipeline_id, "project_id": job.project_id, "ref": job.ref},
+            "project": {"id": decision.source.id, "path_with_namespace": decision.source.path},
+            "user": {"id": job.user_id},
+        }
     )

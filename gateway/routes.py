@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import quote, unquote_to_bytes
 
-from .credentials import JOB_TOKEN_PARAM, TOKEN_PARAM
-from .store import TargetRef, is_path_segment
+from .credentials import query_places
+from .model import DEVELOPER, GUEST, MAINTAINER, REPORTER, TargetRef, is_path_segment
 
-GUEST, REPORTER, DEVELOPER, MAINTAINER, OWNER = 10, 20, 30, 40, 50
 MAX_PATH_LENGTH = 4096
 MAX_REPO_DEPTH = 20
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
@@ -94,8 +93,7 @@ class Route:
         literal = next((i for i, item in enumerate(segments) if item.startswith("{")), len(segments))
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "prefix", segments[:literal])
-        secrets = {JOB_TOKEN_PARAM, TOKEN_PARAM} if self.token_param else {JOB_TOKEN_PARAM}
-        object.__setattr__(self, "secret_query", frozenset(secrets | set(self.strip_query)))
+        object.__setattr__(self, "secret_query", query_places(self.token_param) | set(self.strip_query))
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,66 +128,189 @@ DELETE_IMAGE = _a("delete_image", DEVELOPER, "admin_containers", own_project_onl
 CLONE = _a("clone", REPORTER, None, read=True)
 PUSH_CODE = _a("push_code", DEVELOPER, None, denied_to_job_tokens=True)
 
-READ = frozenset({"GET", "HEAD"})
+#: The container registry's action names (token scopes, registry tokens) and their actions.
+REGISTRY_ACTIONS: dict[str, Action] = {"pull": PULL_IMAGE, "push": PUSH_IMAGE, "delete": DELETE_IMAGE}
+REGISTRY_ACTION_NAMES: dict[Action, str] = {action: name for name, action in REGISTRY_ACTIONS.items()}
+
 P = "/api/v4/projects/{project}"
 
 
-def _r(name: str, methods: str, template: str, action: Action | None, **kw: object) -> Route:
-    return Route(name, frozenset(methods.split()), template, action, **kw)  # type: ignore[arg-type]
+def methods(names: str) -> frozenset[str]:
+    """A route's methods from a space-separated list."""
+    return frozenset(names.split())
+
+
+READ = methods("GET HEAD")
 
 
 #: The protected endpoints, in GitLab's URL layout. First match wins.
 ROUTES: tuple[Route, ...] = (
-    _r("job", "GET HEAD", "/api/v4/job", None, local="job"),
-    _r("packages_read", "GET HEAD", P + "/packages/{rest*}", READ_PACKAGE, upstream="packages"),
-    _r("packages_write", "PUT POST PATCH", P + "/packages/{rest*}", PUSH_PACKAGE, upstream="packages"),
-    _r("packages_delete", "DELETE", P + "/packages/{rest*}", DELETE_PACKAGE, upstream="packages"),
-    _r("artifacts_by_ref", "GET HEAD", P + "/jobs/artifacts/{ref}/download", DOWNLOAD_ARTIFACTS,
-       upstream="artifacts"),
-    _r("artifacts_file_by_ref", "GET HEAD", P + "/jobs/artifacts/{ref}/raw/{rest*}",
-       DOWNLOAD_ARTIFACTS, upstream="artifacts"),
-    _r("artifacts_by_job", "GET HEAD", P + "/jobs/{job_id}/artifacts/{rest*}", DOWNLOAD_ARTIFACTS,
-       upstream="artifacts"),
-    _r("trigger_pipeline", "POST", P + "/trigger/pipeline", TRIGGER_PIPELINE, upstream="triggers",
-       token_param=True, pipeline_source=True),
-    _r("trigger_pipeline_ref", "POST", P + "/ref/{ref}/trigger/pipeline", TRIGGER_PIPELINE,
-       upstream="triggers", token_param=True, pipeline_source=True),
-    _r("releases_read", "GET HEAD", P + "/releases/{rest*}", READ_RELEASE, upstream="releases"),
-    _r("releases_write", "POST PUT DELETE", P + "/releases/{rest*}", MANAGE_RELEASE,
-       upstream="releases"),
-    _r("terraform_state_read", "GET HEAD", P + "/terraform/state/{name}", READ_TF_STATE,
-       upstream="terraform"),
-    _r("terraform_state_write", "POST DELETE", P + "/terraform/state/{name}", WRITE_TF_STATE,
-       upstream="terraform"),
-    _r("terraform_state_lock", "POST DELETE LOCK UNLOCK", P + "/terraform/state/{name}/lock",
-       WRITE_TF_STATE, upstream="terraform"),
-    _r("registry_api_read", "GET HEAD", P + "/registry/{rest*}", READ_REGISTRY),
-    _r("registry_api_write", "POST PUT DELETE", P + "/registry/{rest*}", MANAGE_REGISTRY),
-    _r("registry_base", "GET HEAD", "/v2/", None, upstream="container_registry",
-       protocol=Protocol.REGISTRY),
-    _r("registry_upload", "POST PUT PATCH GET HEAD DELETE", "/v2/{repo+}/blobs/uploads/{rest*}",
-       PUSH_IMAGE, upstream="container_registry", protocol=Protocol.REGISTRY,
-       strip_query=("mount", "from")),
-    _r("registry_blob_read", "GET HEAD", "/v2/{repo+}/blobs/{digest}", PULL_IMAGE,
-       upstream="container_registry", protocol=Protocol.REGISTRY),
-    _r("registry_blob_delete", "DELETE", "/v2/{repo+}/blobs/{digest}", DELETE_IMAGE,
-       upstream="container_registry", protocol=Protocol.REGISTRY),
-    _r("registry_manifest_read", "GET HEAD", "/v2/{repo+}/manifests/{reference}", PULL_IMAGE,
-       upstream="container_registry", protocol=Protocol.REGISTRY),
-    _r("registry_manifest_write", "PUT", "/v2/{repo+}/manifests/{reference}", PUSH_IMAGE,
-       upstream="container_registry", protocol=Protocol.REGISTRY),
-    _r("registry_manifest_delete", "DELETE", "/v2/{repo+}/manifests/{reference}", DELETE_IMAGE,
-       upstream="container_registry", protocol=Protocol.REGISTRY),
-    _r("registry_tags", "GET HEAD", "/v2/{repo+}/tags/list", PULL_IMAGE,
-       upstream="container_registry", protocol=Protocol.REGISTRY),
-    _r("git_refs", "GET HEAD", "/{repo+}/info/refs", CLONE, upstream="git", protocol=Protocol.GIT,
-       query=(("service", "git-upload-pack"),)),
-    _r("git_refs_push", "GET HEAD", "/{repo+}/info/refs", PUSH_CODE, upstream="git",
-       protocol=Protocol.GIT, query=(("service", "git-receive-pack"),)),
-    _r("git_upload_pack", "POST", "/{repo+}/git-upload-pack", CLONE, upstream="git",
-       protocol=Protocol.GIT),
-    _r("git_receive_pack", "POST", "/{repo+}/git-receive-pack", PUSH_CODE, upstream="git",
-       protocol=Protocol.GIT),
+    Route("job", READ, "/api/v4/job", None, local="job"),
+    Route("packages_read", READ, P + "/packages/{rest*}", READ_PACKAGE, upstream="packages"),
+    Route(
+        "packages_write",
+        methods("PUT POST PATCH"),
+        P + "/packages/{rest*}",
+        PUSH_PACKAGE,
+        upstream="packages",
+    ),
+    Route("packages_delete", methods("DELETE"), P + "/packages/{rest*}", DELETE_PACKAGE, upstream="packages"),
+    Route(
+        "artifacts_by_ref",
+        READ,
+        P + "/jobs/artifacts/{ref}/download",
+        DOWNLOAD_ARTIFACTS,
+        upstream="artifacts",
+    ),
+    Route(
+        "artifacts_file_by_ref",
+        READ,
+        P + "/jobs/artifacts/{ref}/raw/{rest*}",
+        DOWNLOAD_ARTIFACTS,
+        upstream="artifacts",
+    ),
+    Route(
+        "artifacts_by_job",
+        READ,
+        P + "/jobs/{job_id}/artifacts/{rest*}",
+        DOWNLOAD_ARTIFACTS,
+        upstream="artifacts",
+    ),
+    Route(
+        "trigger_pipeline",
+        methods("POST"),
+        P + "/trigger/pipeline",
+        TRIGGER_PIPELINE,
+        upstream="triggers",
+        token_param=True,
+        pipeline_source=True,
+    ),
+    Route(
+        "trigger_pipeline_ref",
+        methods("POST"),
+        P + "/ref/{ref}/trigger/pipeline",
+        TRIGGER_PIPELINE,
+        upstream="triggers",
+        token_param=True,
+        pipeline_source=True,
+    ),
+    Route("releases_read", READ, P + "/releases/{rest*}", READ_RELEASE, upstream="releases"),
+    Route(
+        "releases_write",
+        methods("POST PUT DELETE"),
+        P + "/releases/{rest*}",
+        MANAGE_RELEASE,
+        upstream="releases",
+    ),
+    Route("terraform_state_read", READ, P + "/terraform/state/{name}", READ_TF_STATE, upstream="terraform"),
+    Route(
+        "terraform_state_write",
+        methods("POST DELETE"),
+        P + "/terraform/state/{name}",
+        WRITE_TF_STATE,
+        upstream="terraform",
+    ),
+    Route(
+        "terraform_state_lock",
+        methods("POST DELETE LOCK UNLOCK"),
+        P + "/terraform/state/{name}/lock",
+        WRITE_TF_STATE,
+        upstream="terraform",
+    ),
+    Route("registry_api_read", READ, P + "/registry/{rest*}", READ_REGISTRY),
+    Route("registry_api_write", methods("POST PUT DELETE"), P + "/registry/{rest*}", MANAGE_REGISTRY),
+    Route("registry_base", READ, "/v2/", None, upstream="container_registry", protocol=Protocol.REGISTRY),
+    Route(
+        "registry_upload",
+        methods("POST PUT PATCH GET HEAD DELETE"),
+        "/v2/{repo+}/blobs/uploads/{rest*}",
+        PUSH_IMAGE,
+        upstream="container_registry",
+        protocol=Protocol.REGISTRY,
+        strip_query=("mount", "from"),
+    ),
+    Route(
+        "registry_blob_read",
+        READ,
+        "/v2/{repo+}/blobs/{digest}",
+        PULL_IMAGE,
+        upstream="container_registry",
+        protocol=Protocol.REGISTRY,
+    ),
+    Route(
+        "registry_blob_delete",
+        methods("DELETE"),
+        "/v2/{repo+}/blobs/{digest}",
+        DELETE_IMAGE,
+        upstream="container_registry",
+        protocol=Protocol.REGISTRY,
+    ),
+    Route(
+        "registry_manifest_read",
+        READ,
+        "/v2/{repo+}/manifests/{reference}",
+        PULL_IMAGE,
+        upstream="container_registry",
+        protocol=Protocol.REGISTRY,
+    ),
+    Route(
+        "registry_manifest_write",
+        methods("PUT"),
+        "/v2/{repo+}/manifests/{reference}",
+        PUSH_IMAGE,
+        upstream="container_registry",
+        protocol=Protocol.REGISTRY,
+    ),
+    Route(
+        "registry_manifest_delete",
+        methods("DELETE"),
+        "/v2/{repo+}/manifests/{reference}",
+        DELETE_IMAGE,
+        upstream="container_registry",
+        protocol=Protocol.REGISTRY,
+    ),
+    Route(
+        "registry_tags",
+        READ,
+        "/v2/{repo+}/tags/list",
+        PULL_IMAGE,
+        upstream="container_registry",
+        protocol=Protocol.REGISTRY,
+    ),
+    Route(
+        "git_refs",
+        READ,
+        "/{repo+}/info/refs",
+        CLONE,
+        upstream="git",
+        protocol=Protocol.GIT,
+        query=(("service", "git-upload-pack"),),
+    ),
+    Route(
+        "git_refs_push",
+        READ,
+        "/{repo+}/info/refs",
+        PUSH_CODE,
+        upstream="git",
+        protocol=Protocol.GIT,
+        query=(("service", "git-receive-pack"),),
+    ),
+    Route(
+        "git_upload_pack",
+        methods("POST"),
+        "/{repo+}/git-upload-pack",
+        CLONE,
+        upstream="git",
+        protocol=Protocol.GIT,
+    ),
+    Route(
+        "git_receive_pack",
+        methods("POST"),
+        "/{repo+}/git-receive-pack",
+        PUSH_CODE,
+        upstream="git",
+        protocol=Protocol.GIT,
+    ),
 )
 
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .admin import build_admin
-from .app import GATEWAY, Runtime, build_gateway
+from .app import GATEWAY, build_gateway
 from .config import PRIVATE_REDIS_URL, Address, Config, ConfigError, load_config
 from .devredis import RedisProcess
 from .store import Store, connect
@@ -101,9 +101,7 @@ def reload_config(app: web.Application, path: str) -> bool:
             log.error("reload rejected, keeping the old config: %s", problem)
         metrics.reloads.labels("rejected").inc()
         return False
-    fresh = Runtime(config)
-    retired = fresh.open_sessions(runtime)
-    runtime.config, runtime.sessions = fresh.config, fresh.sessions
+    retired = runtime.apply(config)
     gateway.cache.flush()  # remembered decisions were made under the old scope settings
     loop = asyncio.get_running_loop()
     for session in retired:  # let requests in flight on the old clients finish

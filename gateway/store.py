@@ -37,40 +37,48 @@ import hashlib
 import math
 import secrets
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, NamedTuple
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
-JOB_TOKEN_PREFIX = "glcbt-"
-TRIGGER_TOKEN_PREFIX = "glptt-"
-JOB_RETENTION_SECONDS = 86400
-ACCESS_LEVELS = {0: "none", 10: "guest", 20: "reporter", 30: "developer", 40: "maintainer", 50: "owner"}
-VISIBILITIES = ("private", "internal", "public")
-EXECUTING_STATUSES = ("running", "canceling")
-FINISH_STATUSES = ("success", "failed", "canceled", "canceling")
-POLICY_RESOURCES = (
-    "containers",
-    "deployments",
-    "environments",
-    "jobs",
-    "packages",
-    "releases",
-    "secure_files",
-    "terraform_state",
+from .model import (
+    ACCESS_LEVELS,
+    DEFAULT_PERMISSIONS,
+    FINISH_STATUSES,
+    JOB_TOKEN_PREFIX,
+    POLICIES,
+    TRIGGER_TOKEN_PREFIX,
+    VISIBILITIES,
+    AccessState,
+    InboundEntry,
+    JobState,
+    ProjectState,
+    TargetRef,
+    TokenKind,
+    inbound_candidates,
+    is_path_segment,
 )
-POLICIES = frozenset(f"{mode}_{res}" for mode in ("read", "admin") for res in POLICY_RESOURCES)
-DEFAULT_PERMISSIONS = "*"
+
+JOB_RETENTION_SECONDS = 86400  # a finished job's record stays this long after its expiry
 ANNOUNCE_WAIT = 2.0  # seconds a revoking write waits for caching gateways to acknowledge
 
 
 class StoreUnavailable(Exception):
     """Redis could not be reached or answered an error: callers fail closed."""
+
+
+@contextmanager
+def _unavailable_on_error() -> Iterator[None]:
+    """Turn a Redis or socket error into StoreUnavailable: callers fail closed."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(type(exc).__name__) from None
 
 
 class ControlError(Exception):
@@ -100,81 +108,6 @@ def credential_key(token: str) -> str:
         if sep and job_id.isdigit() and job_id.isascii() and len(job_id) < 19:
             return f"j:{int(job_id)}:{digest}"
     return f"t:{digest}"
-
-
-class TokenKind(StrEnum):
-    """What a presented token turned out to be."""
-
-    UNKNOWN = "unknown"
-    JOB = "job"
-    TRIGGER = "trigger"
-
-
-@dataclass(frozen=True, slots=True)
-class ProjectState:
-    """A project as the decision needs it."""
-
-    id: int
-    path: str
-    visibility: str
-    pending_delete: bool
-    outbound_limit: bool
-    inbound_limit: bool
-
-
-@dataclass(frozen=True, slots=True)
-class JobState:
-    """A job as recorded by the orchestrator."""
-
-    id: int
-    project_id: int
-    user_id: int
-    status: str
-    erased: bool
-    expires_at: float
-    pipeline_id: int | None
-    name: str
-    ref: str
-
-
-@dataclass(frozen=True, slots=True)
-class InboundEntry:
-    """The nearest inbound allowlist entry of the target that covers the source project."""
-
-    source: str  # "p:<id>" or "g:<group path>"
-    policies: frozenset[str] | None  # None: default permissions
-
-
-@dataclass(frozen=True, slots=True)
-class AccessState:
-    """Everything one decision needs, read in one Redis round trip."""
-
-    kind: TokenKind
-    job: JobState | None = None
-    trigger_project_id: int | None = None
-    trigger_owner_id: int | None = None
-    source: ProjectState | None = None
-    target: ProjectState | None = None
-    access_level: int = 0
-    in_outbound_allowlist: bool = False
-    inbound_entry: InboundEntry | None = None
-
-    @property
-    def user_id(self) -> int | None:
-        """The user the token acts as."""
-        if self.job is not None:
-            return self.job.user_id
-        return self.trigger_owner_id
-
-
-class TargetRef(NamedTuple):
-    """How a request names its target project: an id, or candidate paths longest first.
-
-    A named tuple: built on every request and hashed as part of a cache key.
-    """
-
-    project_id: int | None = None
-    paths: tuple[str, ...] = ()
 
 
 # One round trip: token -> job -> source project, target project (by id or longest
@@ -369,9 +302,7 @@ def parse_access(raw: Sequence[Any]) -> AccessState:
         trigger_project, trigger_owner = _int(values[1]), _int(values[2])
         source_id = trigger_project
     source = _project(values[10:15], source_id)
-    common = dict(
-        job=job, trigger_project_id=trigger_project, trigger_owner_id=trigger_owner, source=source
-    )
+    common = dict(job=job, trigger_owner_id=trigger_owner, source=source)
     token_kind = TokenKind.JOB if job else TokenKind.TRIGGER
     if len(values) <= 15 or not values[15]:
         return AccessState(kind=token_kind, **common)  # type: ignore[arg-type]
@@ -448,15 +379,12 @@ class Store:
         await self.client.aclose()
 
     async def _call(self, script: Any, args: Sequence[Any]) -> Any:
-        try:
-            return await script(keys=[self.prefix], args=list(args))
-        except ResponseError as exc:
-            message = str(exc).split("script:", 1)[-1].split(" script:")[0].strip()
-            raise ControlError(message) from None
-        except RedisError as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
-        except OSError as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
+        with _unavailable_on_error():
+            try:
+                return await script(keys=[self.prefix], args=list(args))
+            except ResponseError as exc:
+                message = str(exc).split("script:", 1)[-1].split(" script:")[0].strip()
+                raise ControlError(message) from None
 
     async def announce(self, event: str, wait: float = ANNOUNCE_WAIT) -> int:
         """Publish `event` to caching gateways and wait (bounded) until each acknowledged it.
@@ -467,7 +395,7 @@ class Store:
         """
         nonce = secrets.token_hex(8)
         ack = f"{self.prefix}ack:{nonce}"
-        try:
+        with _unavailable_on_error():
             receivers = int(await self.client.publish(self.events_channel, f"{event} {nonce}"))
             acknowledged = 0
             deadline = time.monotonic() + wait
@@ -476,18 +404,14 @@ class Store:
                 if await self.client.blpop([ack], timeout=min(max(left, 0.01), 0.25)) is not None:
                     acknowledged += 1
             await self.client.delete(ack)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
         return acknowledged
 
     async def acknowledge(self, nonce: str) -> None:
         """A caching gateway's receipt of one event (see `announce`)."""
         key = f"{self.prefix}ack:{nonce}"
-        try:
+        with _unavailable_on_error():
             await self.client.rpush(key, "1")
             await self.client.expire(key, 30)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
 
     async def ping(self) -> bool:
         """True when Redis answers."""
@@ -537,9 +461,15 @@ class Store:
         raw = await self._call(
             self._set_project,
             [
-                project_id, path or "", visibility or "",
-                "scope", _onoff(scope), "inbound", _onoff(inbound),
-                "pending_delete", _onoff(pending_delete),
+                project_id,
+                path or "",
+                visibility or "",
+                "scope",
+                _onoff(scope),
+                "inbound",
+                _onoff(inbound),
+                "pending_delete",
+                _onoff(pending_delete),
             ],
         )
         await self.announce(f"prj:{project_id}")
@@ -550,31 +480,26 @@ class Store:
         """Give a user an access level in a project; 0 removes the membership."""
         if access_level not in ACCESS_LEVELS:
             raise ControlError(
-                f"access level must be one of {', '.join(map(str, ACCESS_LEVELS))}, "
-                f"got {access_level}"
+                f"access level must be one of {', '.join(map(str, ACCESS_LEVELS))}, got {access_level}"
             )
         await self._call(self._require_projects, [project_id])
         key = f"{self.prefix}mem:{project_id}"
-        try:
+        with _unavailable_on_error():
             if access_level:
                 await self.client.hset(key, str(user_id), str(access_level))
             else:
                 await self.client.hdel(key, str(user_id))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
         await self.announce(f"prj:{project_id}")
 
     async def set_outbound(self, source_id: int, target_id: int, present: bool) -> None:
         """Add or remove TARGET on SOURCE's outbound allowlist."""
         await self._call(self._require_projects, [source_id, target_id])
         key = f"{self.prefix}out:{source_id}"
-        try:
+        with _unavailable_on_error():
             if present:
                 await self.client.sadd(key, str(target_id))
             else:
                 await self.client.srem(key, str(target_id))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
         await self.announce(f"prj:{source_id}")
 
     async def set_inbound(
@@ -585,16 +510,14 @@ class Store:
         required = [target_id] + ([int(entry[2:])] if entry.startswith("p:") else [])
         await self._call(self._require_projects, required)
         key = f"{self.prefix}in:{target_id}"
-        try:
+        with _unavailable_on_error():
             if present:
-                value = DEFAULT_PERMISSIONS if policies is None else ",".join(
-                    sorted(validate_policies(policies))
+                value = (
+                    DEFAULT_PERMISSIONS if policies is None else ",".join(sorted(validate_policies(policies)))
                 )
                 await self.client.hset(key, entry, value)
             else:
                 await self.client.hdel(key, entry)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
         await self.announce(f"prj:{target_id}")
         return entry
 
@@ -618,8 +541,14 @@ class Store:
         await self._call(
             self._start_job,
             [
-                job_id, project_id, bytes.fromhex(token_digest(token)), user_id, expires,
-                "" if pipeline_id is None else pipeline_id, name, ref,
+                job_id,
+                project_id,
+                bytes.fromhex(token_digest(token)),
+                user_id,
+                expires,
+                "" if pipeline_id is None else pipeline_id,
+                name,
+                ref,
                 int(expires) + JOB_RETENTION_SECONDS,
             ],
         )
@@ -641,62 +570,50 @@ class Store:
     async def count_failure(self, client: str, window: int = 60) -> int:
         """Count one unknown-token attempt from `client` in this window; the count so far."""
         key = f"{self.prefix}fail:{client}"
-        try:
+        with _unavailable_on_error():
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, window, nx=True)
                 count, _ = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
         return int(count)
 
     async def record_access(self, target_id: int, source_id: int, route: str) -> None:
-        """Count one cross-project access in the target's authentication log."""
-        try:
+        """Count one cross-project access in the target's authentication log (best effort: a
+        failure only skips the count)."""
+        with suppress(StoreUnavailable), _unavailable_on_error():
             await self.client.hincrby(f"{self.prefix}auth:{target_id}", f"{source_id}|{route}", 1)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
 
     async def suggest_inbound(self, target_id: int) -> list[dict[str, Any]]:
         """Projects that reached TARGET with a job token, and whether the inbound list covers them."""
         await self._call(self._require_projects, [target_id])
-        try:
+        with _unavailable_on_error():
             log = await self.client.hgetall(f"{self.prefix}auth:{target_id}")
             entries = {_text(k) for k in await self.client.hkeys(f"{self.prefix}in:{target_id}")}
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
         sources: dict[int, dict[str, Any]] = {}
         for key, count in log.items():
             source, _, route = _text(key).partition("|")
             item = sources.setdefault(int(source), {"source": int(source), "routes": {}})
             item["routes"][route] = int(count)
         for source_id, item in sources.items():
-            path = await self.client.hget(f"{self.prefix}prj:{source_id}", "path")
+            with _unavailable_on_error():
+                path = await self.client.hget(f"{self.prefix}prj:{source_id}", "path")
             item["path"] = _text(path) if path else None
-            groups = []
-            if item["path"]:
-                parts = item["path"].lower().split("/")[:-1]
-                groups = ["g:" + "/".join(parts[:n]) for n in range(len(parts), 0, -1)]
-            covering = [e for e in (f"p:{source_id}", *groups) if e in entries]
-            item["covered_by"] = covering[0] if covering else None
+            candidates = inbound_candidates(source_id, item["path"] or "")
+            item["covered_by"] = next((e for e in candidates if e in entries), None)
         return sorted(sources.values(), key=lambda i: (i["covered_by"] is not None, i["source"]))
 
     async def job_credential_key(self, job_id: int) -> str | None:
         """The credential key of a job's token (for `jobgate explain --job`); None: no such job."""
-        try:
+        with _unavailable_on_error():
             digest = await self.client.hget(f"{self.prefix}job:{job_id}", "d")
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
         if not isinstance(digest, bytes):
             return None
         return f"j:{job_id}:{digest.hex()}"
 
     async def get_job(self, job_id: int) -> dict[str, str] | None:
         """A job's recorded fields, for the admin API."""
-        try:
+        with _unavailable_on_error():
             raw = await self.client.hgetall(f"{self.prefix}job:{job_id}")
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(type(exc).__name__) from None
         if not raw:
             return None
         names = {"p": "project", "u": "user", "s": "status", "e": "erased", "x": "expires",
@@ -727,16 +644,6 @@ def validate_project_path(path: str) -> str:
         if not is_path_segment(segment):
             raise ControlError(f"invalid project path segment {segment!r} in {path!r}")
     return path
-
-
-def is_path_segment(segment: str) -> bool:
-    """GitLab's namespace/project path rule, simplified: [A-Za-z0-9_.-], not dots only."""
-    return (
-        0 < len(segment) <= 255
-        and segment.strip(".") != ""
-        and all(c.isascii() and (c.isalnum() or c in "_.-") for c in segment)
-        and not segment.endswith((".git", ".atom"))
-    )
 
 
 def inbound_entry_key(source: str) -> str:

@@ -10,7 +10,8 @@ import pytest
 
 from gateway.admin import build_admin
 from gateway.devredis import RedisProcess
-from gateway.store import Store, TargetRef, TokenKind, token_digest
+from gateway.model import TargetRef, TokenKind
+from gateway.store import Store, token_digest
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -120,7 +121,8 @@ async def test_a_remembered_decision_ends_with_the_token(
     assert (await client.get(PKG, headers=headers)).status == 200
     assert (await client.get(PKG, headers=headers)).status == 200  # remembered
     assert lookups(client, "hit") == 1
-    await asyncio.sleep(2.05)  # expiry is stored in whole seconds, rounded up; the TTL is 5 s
+    # 3 s later (expiry is stored in whole seconds, rounded up), well within the 5 s TTL
+    client.app[GATEWAY].authorizer.clock = lambda: time.time() + 3
     assert (await client.get(PKG, headers=headers)).status == 404
     assert lookups(client, "hit") == 2, "the entry was still cached: the decision was re-made"
 
@@ -144,3 +146,19 @@ async def test_reload_forgets_remembered_decisions(
     )
     assert reload_config(client.app, str(config))
     assert len(client.app[GATEWAY].cache) == 0
+
+
+def test_entries_expire_with_the_ttl_on_the_cache_clock() -> None:
+    """The TTL is measured on the cache's own clock: an entry past it is a miss and is dropped."""
+    from gateway.cache import DecisionCache
+    from gateway.model import AccessState, TargetRef, TokenKind
+
+    now = [100.0]
+    cache = DecisionCache(ttl=5, clock=lambda: now[0])
+    cache.available = True
+    key = ("t:" + "a" * 64, TargetRef(1))
+    assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is not None
+    now[0] = 104.9
+    assert cache.entry(key) is not None
+    now[0] = 105.1
+    assert cache.entry(key) is None and len(cache) == 0

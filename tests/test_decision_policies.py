@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.decision import Check, Reason, decide
+from gateway.decision import ALLOWING, Check, Reason, decide
+from gateway.model import AccessState, InboundEntry
 from gateway.routes import (
     DELETE_PACKAGE,
     DOWNLOAD_ARTIFACTS,
     PUSH_PACKAGE,
     READ_PACKAGE,
     READ_RELEASE,
+    TRIGGER_PIPELINE,
     Action,
 )
-from gateway.store import AccessState, InboundEntry
 
-from .test_decision import NOW, PRIVATE, state
+from .test_decision import NOW, OPEN_PRIVATE, PRIVATE, state
 
 
 def entry(*policies: str) -> InboundEntry:
@@ -55,9 +56,11 @@ RULES = [
      Reason.IN_SCOPE),
     ("releases_need_releases_policy", READ_RELEASE, state(PRIVATE, 20, entry=entry("read_jobs")),
      Reason.POLICY_MISSING),
+    ("policy_cannot_control_an_endpoint_without_one", TRIGGER_PIPELINE,
+     state(PRIVATE, 30, entry=entry("read_releases")), Reason.IN_SCOPE),
+    ("policy_ignored_when_inbound_limit_off", PUSH_PACKAGE,
+     state(OPEN_PRIVATE, 30, entry=entry("read_releases")), Reason.IN_SCOPE),
 ]  # fmt: skip
-
-ALLOWED = (Reason.SAME_PROJECT, Reason.PUBLIC_READ, Reason.IN_SCOPE)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +70,7 @@ def test_policy_rule(action: Action, access: AccessState, expected: Reason) -> N
     checks: list[Check] = []
     decision = decide(action, access, NOW, checks=checks)
     assert decision.reason is expected
-    assert decision.allowed is (expected in ALLOWED)
+    assert decision.allowed is (expected in ALLOWING)
     assert decide(action, access, NOW).reason is expected  # tracing does not change the verdict
     if decision.allowed:
         assert all(c.passed for c in checks), checks

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.model import TargetRef
 from gateway.routes import ROUTES, PathError, canonical_path, match, split_path
-from gateway.store import TargetRef
 
 
 @pytest.mark.parametrize(
@@ -123,3 +123,15 @@ def test_route_names_need_no_escaping_in_the_access_log() -> None:
     import re
 
     assert all(re.fullmatch(r"[a-z_]+", route.name) for route in ROUTES)
+
+
+def test_every_route_names_a_known_policy_and_a_configurable_upstream() -> None:
+    from gateway.config import UPSTREAM_NAMES
+    from gateway.model import POLICIES
+    from gateway.routes import Protocol
+
+    for route in ROUTES:
+        assert route.upstream in UPSTREAM_NAMES, route.name
+        assert isinstance(route.protocol, Protocol), route.name
+        if route.action is not None and route.action.policy is not None:
+            assert route.action.policy in POLICIES, route.name

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.store import ControlError, Store, TargetRef, TokenKind
+from gateway.model import TargetRef, TokenKind
+from gateway.store import ControlError, Store
 
 
 async def test_read_access_resolves_job_source_target_level_and_scope(store: Store) -> None:
@@ -132,3 +133,25 @@ async def test_revoking_writes_wait_for_subscribers_to_acknowledge(store: Store)
     await task  # ended before its connection closes (a cancelled read could outlive it)
     await pubsub.aclose()
     assert await store.announce("job:100", wait=0.3) == 0  # nobody listening: no wait
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [(), ("g:a",), ("g:a", "g:a/b"), ("g:a/b/c",), ("p:1", "g:a"), ("g:a/b", "g:x"), ("g:a/b/c/app",)],
+)
+async def test_the_read_script_and_suggest_walk_the_inbound_entries_alike(
+    store: Store, entries: tuple[str, ...]
+) -> None:
+    """The Lua read and `inbound_candidates` (used by `inbound suggest`) pick the same entry."""
+    from gateway.model import inbound_candidates
+
+    await store.set_project(1, "A/b/c/app", "private")
+    await store.set_project(2, "x/lib", "private")
+    for entry in entries:
+        await store.set_inbound(2, entry[2:], True)
+    token = await store.start_job(100, 1, 7)
+    found = (await store.read_access(token, TargetRef(project_id=2))).inbound_entry
+    expected = next((c for c in inbound_candidates(1, "A/b/c/app") if c in entries), None)
+    assert (found.source if found else None) == expected
+    await store.record_access(2, 1, "packages_read")
+    assert [item["covered_by"] for item in await store.suggest_inbound(2)] == [expected]

@@ -1,1 +1,1 @@
-"""Protocol adapters (git smart HTTP, the container registry) over the same decision."""
+"""Protocol adapters over the pipeline: the registry's token endpoint, forward-auth."""

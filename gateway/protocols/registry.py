@@ -17,33 +17,24 @@ import hmac
 import json
 import re
 import secrets
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from aiohttp import web
 
-from ..routes import DELETE_IMAGE, PULL_IMAGE, PUSH_IMAGE, Action
+from .. import responses
+from ..credentials import CredentialError, extract_credential
+from ..model import RegistryGrant, TargetRef
+from ..observe import RequestLog
+from ..pipeline import Gateway
+from ..routes import REGISTRY_ACTIONS, repo_ref
+from ..store import StoreUnavailable, credential_key
 
-SERVICE = "container_registry"
+SERVICE = responses.REGISTRY_SERVICE
 ISSUER = "jobgate"
-ACTIONS: dict[str, Action] = {"pull": PULL_IMAGE, "push": PUSH_IMAGE, "delete": DELETE_IMAGE}
-ACTION_NAMES = {action.name: name for name, action in ACTIONS.items()}
 _REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+$")
 MAX_SCOPES = 16
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """A verified registry token: whose job token it stands for and what it allows."""
-
-    key: str  # the job token's credential key (job id and digest), never the token
-    access: dict[str, frozenset[str]]
-
-    def allows(self, repository: str, action: Action | None) -> bool:
-        """True when the token names `repository` with the registry action of `action`."""
-        if action is None:
-            return True
-        return ACTION_NAMES.get(action.name, "") in self.access.get(repository, frozenset())
 
 
 def _b64(data: bytes) -> str:
@@ -75,7 +66,7 @@ class TokenIssuer:
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{header}.{payload}.{self._sign(header + '.' + payload)}"
 
-    def verify(self, token: str, now: float) -> Grant | None:
+    def verify(self, token: str, now: float) -> RegistryGrant | None:
         """The grant of a token this issuer minted and that has not expired, else None."""
         parts = token.split(".")
         if len(parts) != 3 or not token.isascii():  # compare_digest takes ASCII strings only
@@ -91,7 +82,7 @@ class TokenIssuer:
                 for entry in claims["access"]
                 if entry.get("type") == "repository"
             }
-            return Grant(str(claims["jgk"]), access)
+            return RegistryGrant(str(claims["jgk"]), access)
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -105,30 +96,12 @@ def parse_scopes(values: Iterable[str]) -> list[tuple[str, list[str]]]:
         if kind != "repository" or not _REPOSITORY.match(name) or len(name) > 255:
             continue
         wanted = ["pull", "push", "delete"] if actions == "*" else actions.split(",")
-        scopes.append((name, [a for a in wanted if a in ACTIONS]))
+        scopes.append((name, [a for a in wanted if a in REGISTRY_ACTIONS]))
     return scopes
-
-
-def challenge(realm: str, scope: str | None = None) -> web.Response:
-    """401 telling the client where to get a registry token."""
-    header = f'Bearer realm="{realm}",service="{SERVICE}"'
-    if scope:
-        header += f',scope="{scope}"'
-    body = {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required", "detail": None}]}
-    return web.json_response(body, status=401, headers={"WWW-Authenticate": header})
-
-
-def not_found() -> web.Response:
-    """The uniform registry denial: the repository is unknown to this client."""
-    body = {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry",
-                        "detail": None}]}  # fmt: skip
-    return web.json_response(body, status=404)
 
 
 def token_response(token: str, ttl: int, now: float) -> web.Response:
     """The token endpoint's answer, in the shape docker, skopeo and buildah read."""
-    from datetime import UTC, datetime
-
     issued = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return web.json_response({"token": token, "access_token": token, "expires_in": ttl, "issued_at": issued})
 
@@ -140,3 +113,43 @@ def unauthorized() -> web.Response:
         status=401,
         headers={"WWW-Authenticate": 'Basic realm="GitLab Container Registry"'},
     )
+
+
+async def jwt_auth(request: web.Request, log: RequestLog, gateway: Gateway) -> web.Response:
+    """`GET /jwt/auth`: trade a job token for a registry token granting what the job may do."""
+    config, metrics = gateway.runtime.config, gateway.metrics
+    log.route = "registry_token"
+    try:
+        credential = extract_credential(
+            request.headers, request.query, bearer=False, max_length=config.max_token_length
+        )
+    except CredentialError as exc:
+        return responses.bad_request(str(exc))
+    if credential is None:
+        return unauthorized()
+    log.token = credential.token
+    locator, authorizer, scope = credential_key(credential.token), gateway.authorizer, config.scope
+    access: list[dict[str, object]] = []
+    try:
+        job = authorizer.warm(None, TargetRef(), locator, scope) or await authorizer.read(
+            None, TargetRef(), locator, scope
+        )
+        log.record(job.decision, job.log_fields)
+        if not job.decision.allowed:
+            return unauthorized()
+        for name, actions in parse_scopes(request.query.getall("scope", [])):
+            target = repo_ref(name.split("/")) or TargetRef()
+            granted = []
+            for wanted in actions:
+                action = REGISTRY_ACTIONS[wanted]
+                outcome = authorizer.warm(action, target, locator, scope) or await authorizer.read(
+                    action, target, locator, scope
+                )
+                if outcome.decision.allowed:
+                    granted.append(wanted)
+            access.append({"type": "repository", "name": name, "actions": granted})
+    except StoreUnavailable:
+        metrics.redis_errors.inc()
+        return responses.unavailable()
+    now, issuer = time.time(), gateway.issuer
+    return token_response(issuer.mint(locator, access, now), issuer.ttl, now)
