@@ -84,6 +84,7 @@ def instructions(tmp: Path, upstream: str, bare_port: int, gw: JobgateProcess, a
     Each server runs under valgrind on its own port; counting covers only the measured run.
     """
     counts: dict[str, Any] = {}
+    tmp.mkdir(exist_ok=True)
     for name in ("bare proxy", "jobgate (cache warm)"):
         port = free_port()
         out = tmp / f"callgrind.{port}"
@@ -118,6 +119,24 @@ def instructions(tmp: Path, upstream: str, bare_port: int, gw: JobgateProcess, a
     counts["ratio_bare_to_jobgate"] = round(bare / max(warm, 1), 3)
     counts["added_per_request"] = warm - bare
     return counts
+
+
+def instructions_only(tmp: Path, stack: ExitStack, redis_url: str, upstream: str, upstreams: dict[str, str],
+                      extra: dict[str, Any], times: int) -> int:
+    """`--instructions-only N`: the callgrind count N times, each figure's median printed."""
+    (tmp / "gw").mkdir()
+    gw = stack.enter_context(JobgateProcess(tmp / "gw", redis_url, upstreams, **extra))
+    gw.admin("project", "set", "1", "--path", "bench/app", "--visibility", "private")
+    gw.admin("member", "set", "1", "7", "30")
+    token = gw.admin("job", "start", "--id", "1", "--project", "1", "--user", "7")
+    runs = [instructions(tmp / f"run{i}", upstream, 0, gw, {"JOB-TOKEN": token}) for i in range(times)]
+    for run in runs:
+        print(json.dumps(run))
+    summary = {key: statistics.median(run[key] for run in runs) for key in ("ratio_bare_to_jobgate", "added_per_request")}
+    for name in ("bare proxy", "jobgate (cache warm)"):
+        summary[name] = statistics.median(run[name]["instructions_per_request"] for run in runs)
+    print("MEDIAN " + json.dumps(summary))
+    return 0
 
 
 def rss_peak_kib(pid: int) -> int:
@@ -232,6 +251,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per scenario")
     parser.add_argument("--jobs", type=int, default=1_000_000)
+    parser.add_argument("--instructions-only", type=int, metavar="N", default=0,
+                        help="only count instructions per request under callgrind, N times (medians)")
     args = parser.parse_args()
     seconds = 1.0 if args.smoke else args.seconds
     args.rounds = 1 if args.smoke else args.rounds
@@ -261,6 +282,9 @@ def main() -> int:
         stack.enter_context(nginx)
         upstreams = {"packages": nginx.url}
         unlimited = {"limits": {"failed_auth_per_minute": 0}}  # the denied scenario is a flood on purpose
+
+        if args.instructions_only:
+            return instructions_only(tmp, stack, redis.url, nginx.url, upstreams, unlimited, args.instructions_only)
 
         bare_port = free_port()
         bare_log = tmp / "bare.log"
