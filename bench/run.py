@@ -84,7 +84,6 @@ def instructions(tmp: Path, upstream: str, bare_port: int, gw: JobgateProcess, a
     Each server runs under valgrind on its own port; counting covers only the measured run.
     """
     counts: dict[str, Any] = {}
-    tmp.mkdir(exist_ok=True)
     for name in ("bare proxy", "jobgate (cache warm)"):
         port = free_port()
         out = tmp / f"callgrind.{port}"
@@ -129,7 +128,7 @@ def instructions_only(tmp: Path, stack: ExitStack, redis_url: str, upstream: str
     gw.admin("project", "set", "1", "--path", "bench/app", "--visibility", "private")
     gw.admin("member", "set", "1", "7", "30")
     token = gw.admin("job", "start", "--id", "1", "--project", "1", "--user", "7")
-    runs = [instructions(tmp / f"run{i}", upstream, 0, gw, {"JOB-TOKEN": token}) for i in range(times)]
+    runs = [instructions(tmp, upstream, 0, gw, {"JOB-TOKEN": token}) for _ in range(times)]
     for run in runs:
         print(json.dumps(run))
     summary = {key: statistics.median(run[key] for run in runs) for key in ("ratio_bare_to_jobgate", "added_per_request")}

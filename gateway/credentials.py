@@ -80,7 +80,7 @@ _BY_SOURCE = {place.source: place for place in PLACES}
 #: Header names any place reads: when none of them is in a request but one JOB-TOKEN,
 #: and it has no query and no form, that header is the only place a token can be.
 _CARRIER_HEADERS = tuple(istr(name) for name in dict.fromkeys(p.header for p in PLACES if p.header))
-_LONE_HEADER = istr(JOB_TOKEN_HEADER)
+_LONE_HEADER = istr(JOB_TOKEN_HEADER.lower())  # equal to its entry in _CARRIER_HEADERS
 _ALONE = {source: frozenset({source}) for source in Source}
 
 

@@ -97,3 +97,19 @@ def test_a_lone_header_token_is_the_only_credential_only_when_nothing_else_carri
         extract({"JOB-TOKEN": "glcbt-a"}, "token=glcbt-b", token_param=True)
     alone = extract({"JOB-TOKEN": " glcbt-a "}, "other=1")
     assert alone is not None and alone.token == "glcbt-a" and alone.sources == {Source.HEADER}
+
+
+def test_a_lone_job_token_header_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most requests carry one JOB-TOKEN header and nothing else: no scan of the table for them
+    (the fuzz suite checks the fast path answers as the scan would)."""
+    from multidict import CIMultiDict, MultiDict
+
+    from gateway import credentials
+
+    def scanned(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the table was scanned")
+
+    monkeypatch.setattr(credentials, "scan_places", scanned)
+    for name in ("JOB-TOKEN", "job-token"):
+        found = credentials.extract_credential(CIMultiDict({name: "glcbt-a"}), MultiDict())
+        assert found is not None and found.sources == {Source.HEADER}
