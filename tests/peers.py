@@ -411,15 +411,17 @@ def npm(
 class NginxServer(ServerProcess):
     """nginx (nginx-light) with its own pid, logs and temp paths; `server_body` is one server{} body.
 
-    `server_body` may use `{port}` for the port it listens on (127.0.0.1, given by the helper).
+    `server_body` may use `{port}` for the port it listens on (127.0.0.1, given by the helper);
+    `http_extra` goes into the http{} block beside it (`upstream` blocks).
     """
 
     name = "nginx"
     probe = "/-/nginx-up"
 
-    def __init__(self, root: Path, server_body: str) -> None:
+    def __init__(self, root: Path, server_body: str, http_extra: str = "") -> None:
         super().__init__(root)
         self.server_body = server_body
+        self.http_extra = http_extra
 
     def logs(self) -> list[Path]:
         return [self.log_path, self.root / "error.log"]
@@ -444,6 +446,7 @@ events {{ worker_connections 256; }}
 http {{
   access_log off;
 {paths}
+{self.http_extra}
   server {{
     listen 127.0.0.1:{self.port};
     location = /-/nginx-up {{ return 200 "up"; }}
