@@ -68,8 +68,8 @@ async def measure(redis_url: str, jobs: int, fields: dict[str, Any]) -> dict[str
     for first in range(1001, jobs + 1, 10_000):
         await copy(keys=[store.prefix], args=[first, min(10_000, jobs + 1 - first), ttl_at, *pairs])
     after = int((await store.client.info("memory"))["used_memory"])
-    usage = await store.client.memory_usage(f"{store.prefix}job:5000")
-    same = await store.client.hgetall(f"{store.prefix}job:5000")
+    usage = await store.client.memory_usage(f"{store.prefix}job:1001")
+    same = await store.client.hgetall(f"{store.prefix}job:1001")
     assert set(same) == set(template), "the copy has the layout start_job wrote"
     await store.client.flushdb()
     await store.close()

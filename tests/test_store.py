@@ -164,6 +164,7 @@ async def test_a_job_stores_only_the_fields_it_was_given(store: Store) -> None:
     await store.start_job(100, 1, 7, ref="main")
     assert set(await store.client.hkeys(f"{store.prefix}job:100")) == {
         b"p", b"u", b"s", b"e", b"x", b"d", b"t", b"r"}  # fmt: skip
-    await store.start_job(101, 1, 7, 9, "build", "v1", stage="s", sha="abc", tag=True, pipeline_iid=3,
-                          pipeline_source="push", username="u", user_name="U", allow_failure=True)  # fmt: skip
+    await store.start_job(101, 1, 7, 9, "build", "v1", stage="s", sha="abc", tag=True,
+                          pipeline_iid=3, pipeline_source="push", username="u", user_name="U",
+                          allow_failure=True)  # fmt: skip
     assert len(await store.client.hkeys(f"{store.prefix}job:101")) == 18
