@@ -170,3 +170,17 @@ def test_gitlab_18_4_rule(action: Action, access: Any, expected: Reason) -> None
     assert decision.allowed is (expected in ALLOWING)
     if not decision.allowed:
         assert not checks[-1].passed, checks  # `jobgate explain` ends on the rule that failed
+
+
+def test_explain_names_the_policies_the_entry_lacks() -> None:
+    from gateway.responses import explain_message
+
+    decision = decide(CREATE_DEPLOYMENT, state(PRIVATE, 30, entry=entry("admin_deployments")), NOW)
+    assert explain_message(decision) == (
+        "Insufficient permissions to access this resource in project other/lib. "
+        "The following token permission is required: admin_environments."
+    )
+    undeclared = decide(NO_POLICY, state(PRIVATE, 30, entry=entry("read_jobs")), NOW)
+    assert explain_message(undeclared) == (
+        "Insufficient permissions to access this resource in project other/lib."
+    )
