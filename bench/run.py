@@ -211,7 +211,7 @@ for i = first, first + count - 1 do
   local hex = redis.sha1hex('d' .. i) .. string.sub(redis.sha1hex('e' .. i), 1, 24)
   local digest = string.gsub(hex, '..', function(cc) return string.char(tonumber(cc, 16)) end)
   redis.call('HSET', p .. 'job:' .. i, 'p', '1', 'u', '7', 's', 'running', 'e', '0',
-    'x', expires, 'pl', tostring(i), 'n', 'build', 'r', 'main', 'd', digest)
+    'x', expires, 'd', digest, 't', expires, 'pl', tostring(i), 'n', 'build', 'r', 'main')
   redis.call('EXPIREAT', p .. 'job:' .. i, tonumber(expires) + 86400)
 end
 return count""")

@@ -3,14 +3,17 @@
 The orchestrator writes job state through these verbs and never needs Redis' key
 layout. HTTP API (bearer admin token, JSON bodies, on `admin_listen`):
 
-    PUT    /admin/v1/projects/{id}                    {path, visibility, scope, inbound, pending_delete}
+    PUT    /admin/v1/projects/{id}                    {path, visibility, scope, inbound, pending_delete,
+                                                       push_repository, features: {name: level}}
     PUT    /admin/v1/projects/{id}/members/{user}     {access_level}      (0 removes)
     PUT    /admin/v1/projects/{source}/allowlist/{target}
     DELETE /admin/v1/projects/{source}/allowlist/{target}
     PUT    /admin/v1/projects/{target}/inbound/{source}  {policies: [...]} (absent: default)
     DELETE /admin/v1/projects/{target}/inbound/{source}  (source: id or URL-encoded group path)
     GET    /admin/v1/projects/{target}/inbound-suggestions  (from the authentication log)
-    POST   /admin/v1/jobs                             {id, project, user, pipeline, name, ref, timeout}
+    POST   /admin/v1/jobs                             {id, project, user, pipeline, name, ref, timeout,
+                                                       stage, sha, tag, pipeline_iid, pipeline_source,
+                                                       username, user_name, allow_failure}
     GET    /admin/v1/jobs/{id}
     POST   /admin/v1/jobs/{id}/finish                 {status}
     POST   /admin/v1/jobs/{id}/erase
@@ -33,7 +36,7 @@ from aiohttp import web
 
 from .config import PRIVATE_REDIS_URL, ConfigError, ScopeConfig, load_config
 from .model import FINISH_STATUSES, VISIBILITIES
-from .store import ControlError, Store, StoreUnavailable, connect
+from .store import ControlError, Store, StoreUnavailable, connect, parse_feature
 
 ADMIN_STORE = web.AppKey("admin_store", Store)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
@@ -128,8 +131,18 @@ async def _put_project(request: web.Request) -> web.Response:
         scope=_flag(body.get("scope"), "scope"),
         inbound=_flag(body.get("inbound"), "inbound"),
         pending_delete=_flag(body.get("pending_delete"), "pending_delete"),
+        features=_features(body.get("features")),
+        push_repository=_flag(body.get("push_repository"), "push_repository"),
     )
     return web.json_response({"id": _path_id(request, "id"), **project})
+
+
+def _features(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ControlError('features must be an object of feature -> level, e.g. {"packages": "private"}')
+    return value
 
 
 async def _put_member(request: web.Request) -> web.Response:
@@ -179,6 +192,14 @@ async def _start_job(request: web.Request) -> web.Response:
         name=_str(body.get("name"), "name", "") or "",
         ref=_str(body.get("ref"), "ref", "") or "",
         timeout=float(timeout),
+        stage=_str(body.get("stage"), "stage", "") or "",
+        sha=_str(body.get("sha"), "sha", "") or "",
+        tag=bool(_flag(body.get("tag"), "tag")),
+        pipeline_iid=_int(body.get("pipeline_iid"), "pipeline_iid", required=False),
+        pipeline_source=_str(body.get("pipeline_source"), "pipeline_source", "") or "",
+        username=_str(body.get("username"), "username", "") or "",
+        user_name=_str(body.get("user_name"), "user_name", "") or "",
+        allow_failure=bool(_flag(body.get("allow_failure"), "allow_failure")),
     )
     return web.json_response({"id": job_id, "token": token}, status=201)
 
@@ -270,6 +291,9 @@ def add_admin_parser(sub: Any) -> None:
     pset.add_argument("--scope", type=_onoff, help="outbound limit (Limit CI_JOB_TOKEN access)")
     pset.add_argument("--inbound", type=_onoff, help="inbound limit (allow access with a job token)")
     pset.add_argument("--pending-delete", type=_onoff)
+    pset.add_argument("--push-repository", type=_onoff, help="git push with a job token (default off)")
+    pset.add_argument("--feature", action="append", default=[], metavar="NAME=LEVEL",
+                      help="a feature's visibility: enabled|private|disabled (repeatable)")  # fmt: skip
 
     member = nouns.add_parser("member").add_subparsers(dest="verb", required=True)
     mset = member.add_parser("set", help="set a user's access level (0 removes)")
@@ -303,6 +327,11 @@ def add_admin_parser(sub: Any) -> None:
     start.add_argument("--name", default="")
     start.add_argument("--ref", default="")
     start.add_argument("--timeout", type=float, default=3600.0)
+    for option in ("--stage", "--sha", "--pipeline-source", "--username", "--user-name"):
+        start.add_argument(option, default="")
+    start.add_argument("--pipeline-iid", type=int)
+    start.add_argument("--tag", action="store_true", help="the ref is a tag")
+    start.add_argument("--allow-failure", action="store_true")
     finish = job.add_parser("finish", help="set a job's final status (revokes its token)")
     finish.add_argument("id", type=int)
     finish.add_argument("--status", choices=FINISH_STATUSES, default="success")
@@ -321,8 +350,9 @@ async def _run_admin(store: Store, args: argparse.Namespace) -> str:
     noun, verb = args.noun, args.verb
     if noun == "project":
         fields = await store.set_project(
-            args.id, args.path, args.visibility, args.scope, args.inbound, args.pending_delete
-        )
+            args.id, args.path, args.visibility, args.scope, args.inbound, args.pending_delete,
+            features=dict(parse_feature(f) for f in args.feature), push_repository=args.push_repository,
+        )  # fmt: skip
         return json.dumps({"id": args.id, **fields}, sort_keys=True)
     if noun == "member":
         await store.set_member(args.project_id, args.user_id, args.access_level)
@@ -343,8 +373,11 @@ async def _run_admin(store: Store, args: argparse.Namespace) -> str:
         return f"inbound {verb}: {entry} -> {args.target_id}"
     if noun == "job" and verb == "start":
         return await store.start_job(
-            args.id, args.project, args.user, args.pipeline, args.name, args.ref, args.timeout
-        )
+            args.id, args.project, args.user, args.pipeline, args.name, args.ref, args.timeout,
+            stage=args.stage, sha=args.sha, tag=args.tag, pipeline_iid=args.pipeline_iid,
+            pipeline_source=args.pipeline_source, username=args.username, user_name=args.user_name,
+            allow_failure=args.allow_failure,
+        )  # fmt: skip
     if noun == "job" and verb == "finish":
         await store.finish_job(args.id, args.status)
         return f"job {args.id}: {args.status}"

@@ -153,6 +153,8 @@ class DecisionCache:
         """Keep a state read at `generation`, unless an invalidation happened meanwhile."""
         if not self.available or generation != self.generation or state.kind is TokenKind.UNKNOWN:
             return None
+        if key[1].job_id is not None and state.target is None:
+            return None  # a job not recorded yet: starting one announces nothing to wait for
         tags = [f"tok:{key[0][2:]}"] if key[0].startswith("t:") else []
         if state.job is not None:
             tags.append(f"job:{state.job.id}")

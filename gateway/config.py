@@ -24,6 +24,11 @@ PRIVATE_REDIS_URL = "redis://127.0.0.1:6479/0"
 #: Redis URL schemes: plain, TLS, socket, Redis Cluster and Redis Sentinel.
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel")
 
+#: The GitLab 18.4 families' upstreams: each falls back to `api` when not configured
+#: (`Config.upstream_for`).
+FALLBACK_UPSTREAMS = (
+    "deployments", "environments", "pipelines", "merge_requests", "repository", "secure_files", "issues",
+)  # fmt: skip
 #: The upstream names the route table refers to.
 UPSTREAM_NAMES = (
     "api",
@@ -34,6 +39,7 @@ UPSTREAM_NAMES = (
     "releases",
     "terraform",
     "git",
+    *FALLBACK_UPSTREAMS,
 )
 
 T = TypeVar("T")
@@ -157,6 +163,14 @@ class Config:
     idle_timeout: float = 75.0  # seconds a connection may sit without a complete request
     body_idle_timeout: float = 60.0  # seconds a request body may stall between chunks
     public_url: str | None = None
+    web_url: str | None = None  # GitLab's web base for `web_url` fields (`GET /api/v4/job`)
+
+    def upstream_for(self, name: str) -> UpstreamConfig | None:
+        """The upstream a route names; the GitLab 18.4 families go to `api` unless configured."""
+        upstream = self.upstreams.get(name)
+        if upstream is None and name in FALLBACK_UPSTREAMS:
+            return self.upstreams.get("api")
+        return upstream
 
     def __repr__(self) -> str:
         return (
@@ -292,6 +306,7 @@ class _Reader:
 _TOP = {
     "listen", "admin_listen", "metrics_listen", "redis", "upstreams", "scope",
     "admin_token", "explain", "tls", "limits", "public_url", "registry", "cache", "admin_public",
+    "web_url",
 }
 _UPSTREAM = {
     "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
@@ -431,6 +446,7 @@ def parse_config(
         idle_timeout=r.get(ld, "limits", "idle_timeout", r.positive, 75.0),
         body_idle_timeout=r.get(ld, "limits", "body_idle_timeout", r.positive, 60.0),
         public_url=r.get(top, "", "public_url", r.http_url, None),
+        web_url=r.get(top, "", "web_url", r.http_url, None),
     )
 
 

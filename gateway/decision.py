@@ -31,6 +31,7 @@ class Reason(StrEnum):
     OUTSIDE_INBOUND_SCOPE = "outside_inbound_scope"
     INSUFFICIENT_ROLE = "insufficient_role"
     POLICY_MISSING = "policy_missing"
+    FEATURE_DISABLED = "feature_disabled"
     TRIGGER_TOKEN_NOT_ALLOWED = "trigger_token_not_allowed"
     INSUFFICIENT_TOKEN_SCOPE = "insufficient_token_scope"
     #: Outcomes decided before the rules: the client is over the brute-force limit, or
@@ -83,6 +84,11 @@ def policy_grants(policies: frozenset[str], needed: str) -> bool:
     if needed in policies:
         return True
     return needed.startswith("read_") and "admin_" + needed.removeprefix("read_") in policies
+
+
+def missing_policies(action: Action, policies: frozenset[str]) -> tuple[str, ...]:
+    """The policies `action` needs that a policy-listing entry lacks (all must be listed)."""
+    return tuple(p for p in action.policies if not policy_grants(policies, p))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,14 +185,24 @@ def _decide(
     assert target is not None
     if not check("target project not pending deletion", not target.pending_delete, lambda: target.path):
         return verdict(Reason.PROJECT_PENDING_DELETE)
-    if not check("action allowed to job tokens", not action.denied_to_job_tokens, lambda: action.name):
+    feature = target.feature(action.feature)
+    if not check("project feature not disabled", feature != "disabled",
+                 lambda: f"{target.path}'s {action.feature}: {feature}"):  # fmt: skip
+        return verdict(Reason.FEATURE_DISABLED)
+    push_allowed = not action.push_opt_in or target.push_repository
+    if not check("project allows this push with a job token", push_allowed,
+                 lambda: f"{target.path}: push_repository {target.push_repository}"):  # fmt: skip
         return verdict(Reason.ACTION_NOT_ALLOWED)
-    open_read = action.read and target.visibility in ("public", "internal")
+    # GitLab's job_token_access_allowed_to?: a public/internal project's reads are open per feature
+    open_read = action.read and target.visibility in ("public", "internal") and feature == "enabled"
     has_role = open_read or state.access_level >= action.min_level
 
     def role() -> str:
         if open_read:
             return f"{action.name} of a {target.visibility} project needs no role"
+        if action.read and target.visibility != "private":
+            return (f"{target.path}'s {action.feature} is {feature}: user {state.user_id}: level "
+                    f"{state.access_level}, {action.name} needs {action.min_level}")  # fmt: skip
         return f"user {state.user_id}: level {state.access_level}, {action.name} needs {action.min_level}"
 
     if target.id == source.id:
@@ -217,10 +233,13 @@ def _decide(
     if not check("role", has_role, role):
         return verdict(Reason.INSUFFICIENT_ROLE)
     policies = entry.policies if inbound_enforced and entry is not None else None
-    # An endpoint without a policy is one fine-grained permissions cannot control (GitLab's "None").
-    if policies is not None and action.policy is not None:
-        granted = policy_grants(policies, action.policy)
-        if not check("job token policy", granted,
-                     lambda: f"needs {action.policy}, entry has {','.join(sorted(policies))}"):  # fmt: skip
+    # Trigger and git are not policy-checked; an API route that declares no policy is denied
+    # under a policy-listing entry (GitLab: `policies.empty?` -> false); every listed one is needed.
+    if policies is not None and action.policy_checked:
+        granted = bool(action.policies) and not missing_policies(action, policies)
+        if not check("job token policy", granted, lambda: (
+            f"needs {' and '.join(action.policies) or 'a declared policy'}, "
+            f"entry has {','.join(sorted(policies))}"
+        )):  # fmt: skip
             return verdict(Reason.POLICY_MISSING)
     return verdict(Reason.IN_SCOPE)

@@ -65,8 +65,9 @@ async def _explain(store: Store, args: argparse.Namespace, scope: ScopeConfig) -
     checks: list[Check] = []
     decision = decide(matched.route.action, state, time.time(), scope, checks)
     action = matched.route.action
+    policies = " and ".join(action.policies) if action and action.policies else "none"
     route_line = matched.route.name + (
-        f" (action {action.name}, needs level {action.min_level}, policy {action.policy or 'none'}, "
+        f" (action {action.name}, needs level {action.min_level}, policy {policies}, "
         f"upstream {matched.route.upstream})" if action else " (about the job itself)"
     )  # fmt: skip
     return (0 if decision.allowed else 1), render(method, parts.path, route_line, decision, checks)

@@ -19,22 +19,35 @@ ACCESS_LEVELS = {0: "none", GUEST: "guest", REPORTER: "reporter", DEVELOPER: "de
                  MAINTAINER: "maintainer", OWNER: "owner"}  # fmt: skip
 
 VISIBILITIES = ("private", "internal", "public")
-#: The statuses in which a job's token is valid.
-EXECUTING_STATUSES = ("running", "canceling")
+#: The statuses in which a job's token is valid: `running` only (GitLab's AuthJobFinder accepts
+#: `canceling` only where the caller passes `allow_canceling`, runner endpoints, none of jobgate's).
+EXECUTING_STATUSES = ("running",)
 FINISH_STATUSES = ("success", "failed", "canceled", "canceling")
 
 POLICY_RESOURCES = (
-    "containers",
     "deployments",
     "environments",
     "jobs",
     "packages",
+    "pipelines",
     "releases",
     "secure_files",
     "terraform_state",
 )
-#: Every fine-grained job token policy: `read_<resource>` and `admin_<resource>`.
-POLICIES = frozenset(f"{mode}_{res}" for mode in ("read", "admin") for res in POLICY_RESOURCES)
+#: GitLab 18.4's 19 fine-grained job token policies: `read_`/`admin_` x POLICY_RESOURCES and
+#: three read-only ones (lib/ci/job_token/policies.rb).
+GITLAB_POLICIES = frozenset(
+    {f"{mode}_{res}" for mode in ("read", "admin") for res in POLICY_RESOURCES}
+    | {"read_merge_requests", "read_repositories", "read_work_items"}
+)
+#: Deprecated by GitLab, still the policies of jobgate's container-registry routes.
+DEPRECATED_POLICIES = frozenset({"read_containers", "admin_containers"})
+#: Every policy an inbound allowlist entry may list.
+POLICIES = GITLAB_POLICIES | DEPRECATED_POLICIES
+#: The project features whose visibility opens (or closes) reads to job tokens of other
+#: projects, as GitLab's `job_token_access_allowed_to?`; each is enabled, private or disabled.
+FEATURES = ("builds", "container_registry", "packages", "releases", "environments", "repository")
+FEATURE_LEVELS = ("enabled", "private", "disabled")
 #: How an inbound allowlist entry with "default permissions" is stored.
 DEFAULT_PERMISSIONS = "*"
 
@@ -57,6 +70,16 @@ class ProjectState:
     pending_delete: bool
     outbound_limit: bool
     inbound_limit: bool
+    features: tuple[tuple[str, str], ...] = ()  # (feature, level) where not `enabled`
+    push_repository: bool = False  # git push with a job token (GitLab 18.4 opt-in)
+
+    def feature(self, name: str | None) -> str:
+        """The visibility level of a feature (`enabled` unless set otherwise; None: no feature)."""
+        if name is not None:
+            for feature, level in self.features:
+                if feature == name:
+                    return level
+        return "enabled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +95,17 @@ class JobState:
     pipeline_id: int | None
     name: str
     ref: str
+    # what the orchestrator told about the job beyond its validity (`GET /api/v4/job`);
+    # jobs recorded before these existed have the defaults
+    started_at: float | None = None
+    stage: str = ""
+    sha: str = ""
+    tag: bool = False
+    pipeline_iid: int | None = None
+    pipeline_source: str = ""
+    username: str = ""
+    user_name: str = ""
+    allow_failure: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +138,15 @@ class AccessState:
 
 
 class TargetRef(NamedTuple):
-    """How a request names its target project: an id, or candidate paths longest first.
+    """How a request names its target project: an id, candidate paths longest first, or a
+    job whose project it is (`GET /api/v4/jobs/:id/artifacts`).
 
     A named tuple: part of every cache key, so it hashes fast.
     """
 
     project_id: int | None = None
     paths: tuple[str, ...] = ()
+    job_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

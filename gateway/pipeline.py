@@ -30,6 +30,7 @@ from .credentials import (
     read_token_form,
 )
 from .decision import Reason
+from .job_entity import job_entity
 from .model import RegistryGrant
 from .observe import AccessRecorder, Metrics, RequestLog, mask
 from .proxy import Forward, UpstreamError, forward_request
@@ -208,10 +209,10 @@ async def handle(request: web.Request, log: RequestLog, gateway: Gateway) -> web
         return admitted
     canonical = admitted.request
     route, credential = canonical.matched.route, canonical.credential
-    if route.local == "job":
-        return responses.job_entity(admitted.outcome.decision)
     runtime, metrics = gateway.runtime, gateway.metrics
-    upstream = runtime.config.upstreams.get(route.upstream)
+    if route.local == "job":
+        return job_entity(admitted.outcome.decision, runtime.config.web_url, time.time())
+    upstream = runtime.config.upstream_for(route.upstream)
     if upstream is None:
         return responses.not_found()
     log.upstream = upstream.name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .decision import DEAD_CREDENTIAL, Decision, Reason
+from .decision import DEAD_CREDENTIAL, Decision, Reason, missing_policies
 from .routes import Protocol
 
 REGISTRY_SERVICE = "container_registry"
@@ -57,10 +57,14 @@ def explain_message(decision: Decision) -> str:
     if reason in (Reason.OUTSIDE_SCOPE, Reason.OUTSIDE_INBOUND_SCOPE, Reason.OWN_PROJECT_ONLY):
         return f"Authentication by CI/CD job token not allowed from {source} to {target}."
     if reason is Reason.POLICY_MISSING and decision.action:
-        policy = decision.action.policy
+        entry = decision.state.inbound_entry if decision.state else None
+        listed = entry.policies if entry and entry.policies is not None else frozenset()
+        needed = missing_policies(decision.action, listed)
+        if not needed:  # the route declares no policy: none can grant it
+            return f"Insufficient permissions to access this resource in project {target}."
         return (
             f"Insufficient permissions to access this resource in project {target}. "
-            f"The following token permission is required: {policy}."
+            f"The following token permission is required: {', '.join(needed)}."
         )
     if reason is Reason.INSUFFICIENT_ROLE:
         return f"403 Forbidden - insufficient role in project {target}"
@@ -76,6 +80,8 @@ def denial(
     too-narrow registry token (`realm`/`scope` name its token endpoint and the scope).
     """
     reason = decision.reason
+    if protocol is Protocol.JOB:  # GitLab answers `GET /job` without a live job token with 401
+        return json_error(401, "401 Unauthorized")
     if protocol is Protocol.REGISTRY and reason in DEAD_CREDENTIAL:
         return registry_challenge(realm, scope)
     if protocol is Protocol.GIT and reason is Reason.NO_CREDENTIAL:
@@ -112,21 +118,3 @@ def registry_not_found() -> web.Response:
     body = {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known to registry",
                         "detail": None}]}  # fmt: skip
     return web.json_response(body, status=404)
-
-
-def job_entity(decision: Decision) -> web.Response:
-    """`GET /api/v4/job`: the job a valid token belongs to."""
-    job = decision.job
-    assert job is not None and decision.source is not None
-    return web.json_response(
-        {
-            "id": job.id,
-            "name": job.name,
-            "status": job.status,
-            "ref": job.ref,
-            "project_id": job.project_id,
-            "pipeline": {"id": job.pipeline_id, "project_id": job.project_id, "ref": job.ref},
-            "project": {"id": decision.source.id, "path_with_namespace": decision.source.path},
-            "user": {"id": job.user_id},
-        }
-    )

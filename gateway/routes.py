@@ -11,6 +11,7 @@ Template syntax, one item per path segment:
 - `literal`      the segment must equal it (case-sensitive, after decoding)
 - `{project}`    one segment naming the target project: a numeric id or an
                  URL-encoded full path (`group%2Fproject`)
+- `{job}`        one segment naming a job by id: the target is the job's project
 - `{name}`       any one segment, captured
 - `{repo+}`      one or more segments naming a project by path, longest registered
                  path first (git repositories, container repositories)
@@ -24,6 +25,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
 from .credentials import query_places
@@ -47,6 +49,7 @@ class Protocol(StrEnum):
     """How a route's denials and challenges are rendered."""
 
     API = "api"
+    JOB = "job"  # `GET /api/v4/job`: a dead or missing token is GitLab's 401
     GIT = "git"
     REGISTRY = "registry"
 
@@ -61,11 +64,13 @@ class Action:
 
     name: str
     min_level: int
-    policy: str | None
-    read: bool = False  # reads are open on public and internal projects
+    policies: tuple[str, ...]  # all needed under a policy-listing inbound entry; () declares none
+    read: bool = False  # reads are open on public and internal projects (per feature)
+    feature: str | None = None  # the project feature whose visibility governs this action
+    policy_checked: bool = True  # False: fine-grained permissions do not apply (trigger, git)
     own_project_only: bool = False
     in_scope_switch: bool = False  # `scope.registry_push_in_scope` lifts own_project_only
-    denied_to_job_tokens: bool = False
+    push_opt_in: bool = False  # only where the project allows git push with a job token
     trigger_token: bool = False  # a pipeline trigger token may do this (own project)
 
 
@@ -107,26 +112,52 @@ class RouteMatch:
     segments: tuple[str, ...]
 
 
-def _a(name: str, level: int, policy: str | None, **kw: bool) -> Action:
-    return Action(name, level, policy, **kw)
+def _a(name: str, level: int, policies: tuple[str, ...], **kw: Any) -> Action:
+    return Action(name, level, policies, **kw)
 
 
-READ_PACKAGE = _a("read_package", REPORTER, "read_packages", read=True)
-PUSH_PACKAGE = _a("push_package", DEVELOPER, "admin_packages")
-DELETE_PACKAGE = _a("delete_package", MAINTAINER, "admin_packages")
-DOWNLOAD_ARTIFACTS = _a("download_artifacts", REPORTER, "read_jobs", read=True)
-TRIGGER_PIPELINE = _a("trigger_pipeline", DEVELOPER, None, trigger_token=True)
-READ_RELEASE = _a("read_release", GUEST, "read_releases", read=True)
-MANAGE_RELEASE = _a("manage_release", DEVELOPER, "admin_releases")
-READ_TF_STATE = _a("read_terraform_state", DEVELOPER, "read_terraform_state")
-WRITE_TF_STATE = _a("write_terraform_state", MAINTAINER, "admin_terraform_state")
-READ_REGISTRY = _a("read_registry", REPORTER, "read_containers", read=True, own_project_only=True)
-MANAGE_REGISTRY = _a("manage_registry", MAINTAINER, "admin_containers", own_project_only=True)
-PULL_IMAGE = _a("pull_image", REPORTER, "read_containers", read=True)
-PUSH_IMAGE = _a("push_image", DEVELOPER, "admin_containers", own_project_only=True, in_scope_switch=True)
-DELETE_IMAGE = _a("delete_image", DEVELOPER, "admin_containers", own_project_only=True, in_scope_switch=True)
-CLONE = _a("clone", REPORTER, None, read=True)
-PUSH_CODE = _a("push_code", DEVELOPER, None, denied_to_job_tokens=True)
+# the project features (model.FEATURES) whose visibility governs each action
+ENV, BUILDS, PKG, REL, REPO = "environments", "builds", "packages", "releases", "repository"
+CR = "container_registry"
+READ_PACKAGE = _a("read_package", REPORTER, ("read_packages",), read=True, feature=PKG)
+PUSH_PACKAGE = _a("push_package", DEVELOPER, ("admin_packages",), feature=PKG)
+DELETE_PACKAGE = _a("delete_package", MAINTAINER, ("admin_packages",), feature=PKG)
+READ_PACKAGE_PIPELINES = _a("read_package_pipelines", REPORTER, ("read_pipelines",), read=True, feature=PKG)
+DOWNLOAD_ARTIFACTS = _a("download_artifacts", REPORTER, ("read_jobs",), read=True, feature=BUILDS)
+READ_JOBS = _a("read_jobs", REPORTER, ("read_jobs",), read=True, feature=BUILDS)
+TRIGGER_PIPELINE = _a("trigger_pipeline", DEVELOPER, (), policy_checked=False, trigger_token=True)
+READ_PIPELINES = _a("read_pipelines", REPORTER, ("read_pipelines",), read=True, feature=BUILDS)
+UPDATE_PIPELINE_METADATA = _a("update_pipeline_metadata", DEVELOPER, ("admin_pipelines",), feature=BUILDS)
+READ_DEPLOYMENTS = _a("read_deployments", REPORTER, ("read_deployments",), read=True, feature=ENV)
+CREATE_DEPLOYMENT = _a("create_deployment", DEVELOPER, ("admin_deployments", "admin_environments"),
+                       feature=ENV)  # fmt: skip
+UPDATE_DEPLOYMENT = _a("update_deployment", DEVELOPER, ("admin_deployments",), feature=ENV)
+DELETE_DEPLOYMENT = _a("delete_deployment", MAINTAINER, ("admin_deployments",), feature=ENV)
+READ_ENVIRONMENTS = _a("read_environments", REPORTER, ("read_environments",), read=True, feature=ENV)
+MANAGE_ENVIRONMENT = _a("manage_environment", DEVELOPER, ("admin_environments",), feature=ENV)
+CLEAN_UP_ENVIRONMENTS = _a("clean_up_environments", MAINTAINER, ("admin_environments",), feature=ENV)
+READ_MERGE_REQUESTS = _a("read_merge_requests", REPORTER, ("read_merge_requests",), read=True, feature=REPO)
+READ_RELEASE = _a("read_release", GUEST, ("read_releases",), read=True, feature=REL)
+MANAGE_RELEASE = _a("manage_release", DEVELOPER, ("admin_releases",), feature=REL)
+READ_CHANGELOG = _a("read_changelog", REPORTER, ("read_releases",), read=True, feature=REPO)
+PUBLISH_CATALOG = _a("publish_catalog", DEVELOPER, ("admin_releases",), feature=REL)
+READ_REPOSITORY = _a("read_repository", REPORTER, ("read_repositories",), read=True, feature=REPO)
+READ_SECURE_FILES = _a("read_secure_files", DEVELOPER, ("read_secure_files",))
+MANAGE_SECURE_FILES = _a("manage_secure_files", MAINTAINER, ("admin_secure_files",))
+READ_TF_STATE = _a("read_terraform_state", DEVELOPER, ("read_terraform_state",))
+WRITE_TF_STATE = _a("write_terraform_state", MAINTAINER, ("admin_terraform_state",))
+READ_ISSUES = _a("read_issues", GUEST, ("read_work_items",), read=True)
+READ_REGISTRY = _a("read_registry", REPORTER, ("read_containers",), read=True, feature=CR,
+                   own_project_only=True)  # fmt: skip
+MANAGE_REGISTRY = _a("manage_registry", MAINTAINER, ("admin_containers",), feature=CR, own_project_only=True)
+PULL_IMAGE = _a("pull_image", REPORTER, ("read_containers",), read=True, feature=CR)
+PUSH_IMAGE = _a("push_image", DEVELOPER, ("admin_containers",), feature=CR, own_project_only=True,
+                in_scope_switch=True)  # fmt: skip
+DELETE_IMAGE = _a("delete_image", DEVELOPER, ("admin_containers",), feature=CR, own_project_only=True,
+                  in_scope_switch=True)  # fmt: skip
+CLONE = _a("clone", REPORTER, (), read=True, feature=REPO, policy_checked=False)
+PUSH_CODE = _a("push_code", DEVELOPER, (), feature=REPO, policy_checked=False, own_project_only=True,
+               push_opt_in=True)  # fmt: skip
 
 #: The container registry's action names (token scopes, registry tokens) and their actions.
 REGISTRY_ACTIONS: dict[str, Action] = {"pull": PULL_IMAGE, "push": PUSH_IMAGE, "delete": DELETE_IMAGE}
@@ -143,9 +174,52 @@ def methods(names: str) -> frozenset[str]:
 READ = methods("GET HEAD")
 
 
-#: The protected endpoints, in GitLab's URL layout. First match wins.
+#: The protected endpoints, in GitLab's URL layout (GITLAB.md §1, family by family). First
+#: match wins: a specific row comes before the catch-all of its family.
 ROUTES: tuple[Route, ...] = (
-    Route("job", READ, "/api/v4/job", None, local="job"),
+    Route("job", READ, "/api/v4/job", None, local="job", protocol=Protocol.JOB),
+    # deployments
+    Route("deployments_read", READ, P + "/deployments", READ_DEPLOYMENTS, upstream="deployments"),
+    Route("deployment_read", READ, P + "/deployments/{deployment_id}", READ_DEPLOYMENTS,
+          upstream="deployments"),
+    Route("deployment_merge_requests", READ, P + "/deployments/{deployment_id}/merge_requests",
+          READ_DEPLOYMENTS, upstream="deployments"),
+    Route("deployment_create", methods("POST"), P + "/deployments", CREATE_DEPLOYMENT,
+          upstream="deployments"),
+    Route("deployment_update", methods("PUT"), P + "/deployments/{deployment_id}", UPDATE_DEPLOYMENT,
+          upstream="deployments"),
+    Route("deployment_delete", methods("DELETE"), P + "/deployments/{deployment_id}", DELETE_DEPLOYMENT,
+          upstream="deployments"),
+    Route("deployment_approval", methods("POST"), P + "/deployments/{deployment_id}/approval",
+          UPDATE_DEPLOYMENT, upstream="deployments"),
+    # environments
+    Route("environments_read", READ, P + "/environments", READ_ENVIRONMENTS, upstream="environments"),
+    Route("environment_read", READ, P + "/environments/{environment_id}", READ_ENVIRONMENTS,
+          upstream="environments"),
+    Route("environment_create", methods("POST"), P + "/environments", MANAGE_ENVIRONMENT,
+          upstream="environments"),
+    Route("environments_review_apps_delete", methods("DELETE"), P + "/environments/review_apps",
+          CLEAN_UP_ENVIRONMENTS, upstream="environments"),
+    Route("environments_stop_stale", methods("POST"), P + "/environments/stop_stale", CLEAN_UP_ENVIRONMENTS,
+          upstream="environments"),
+    Route("environment_write", methods("PUT DELETE"), P + "/environments/{environment_id}",
+          MANAGE_ENVIRONMENT, upstream="environments"),
+    Route("environment_stop", methods("POST"), P + "/environments/{environment_id}/stop", MANAGE_ENVIRONMENT,
+          upstream="environments"),
+    # packages: the pipelines of a package, the POSTs GitLab treats as reads, then every format
+    Route("package_pipelines", READ, P + "/packages/{package_id}/pipelines", READ_PACKAGE_PIPELINES,
+          upstream="pipelines"),
+    Route("packages_npm_advisories", methods("POST"), P + "/packages/npm/-/npm/v1/security/advisories/bulk",
+          READ_PACKAGE, upstream="packages"),
+    Route("packages_npm_audits", methods("POST"), P + "/packages/npm/-/npm/v1/security/audits/quick",
+          READ_PACKAGE, upstream="packages"),
+    Route("packages_conan_upload_urls", methods("POST"),
+          P + "/packages/conan/v1/conans/{name}/{version}/{username}/{channel}/upload_urls",
+          READ_PACKAGE, upstream="packages"),
+    Route("packages_conan_package_upload_urls", methods("POST"),
+          P + "/packages/conan/v1/conans/{name}/{version}/{username}/{channel}/packages/{reference}"
+          "/upload_urls",
+          READ_PACKAGE, upstream="packages"),
     Route("packages_read", READ, P + "/packages/{rest*}", READ_PACKAGE, upstream="packages"),
     Route(
         "packages_write",
@@ -155,6 +229,10 @@ ROUTES: tuple[Route, ...] = (
         upstream="packages",
     ),
     Route("packages_delete", methods("DELETE"), P + "/packages/{rest*}", DELETE_PACKAGE, upstream="packages"),
+    # jobs and artifacts
+    Route("jobs_read", READ, P + "/jobs", READ_JOBS, upstream="artifacts"),
+    Route("pipeline_jobs_read", READ, P + "/pipelines/{pipeline_id}/jobs", READ_JOBS, upstream="artifacts"),
+    Route("artifacts_of_job", READ, "/api/v4/jobs/{job}/artifacts", DOWNLOAD_ARTIFACTS, upstream="artifacts"),
     Route(
         "artifacts_by_ref",
         READ,
@@ -202,7 +280,14 @@ ROUTES: tuple[Route, ...] = (
         MANAGE_RELEASE,
         upstream="releases",
     ),
+    Route("changelog_read", READ, P + "/repository/changelog", READ_CHANGELOG, upstream="releases"),
+    Route("catalog_publish", methods("POST"), P + "/catalog/publish", PUBLISH_CATALOG, upstream="releases"),
     Route("terraform_state_read", READ, P + "/terraform/state/{name}", READ_TF_STATE, upstream="terraform"),
+    Route("terraform_state_version_read", READ, P + "/terraform/state/{name}/versions/{serial}",
+          READ_TF_STATE, upstream="terraform"),
+    Route("terraform_state_version_delete", methods("DELETE"),
+          P + "/terraform/state/{name}/versions/{serial}",
+          WRITE_TF_STATE, upstream="terraform"),
     Route(
         "terraform_state_write",
         methods("POST DELETE"),
@@ -217,6 +302,45 @@ ROUTES: tuple[Route, ...] = (
         WRITE_TF_STATE,
         upstream="terraform",
     ),
+    # pipelines
+    Route("pipelines_read", READ, P + "/pipelines", READ_PIPELINES, upstream="pipelines"),
+    Route("pipeline_read", READ, P + "/pipelines/{pipeline_id}", READ_PIPELINES, upstream="pipelines"),
+    Route("pipeline_bridges_read", READ, P + "/pipelines/{pipeline_id}/bridges", READ_PIPELINES,
+          upstream="pipelines"),
+    Route("pipeline_metadata_update", methods("PUT"), P + "/pipelines/{pipeline_id}/metadata",
+          UPDATE_PIPELINE_METADATA, upstream="pipelines"),
+    # merge requests
+    Route("merge_requests_read", READ, P + "/merge_requests", READ_MERGE_REQUESTS, upstream="merge_requests"),
+    Route("merge_request_read", READ, P + "/merge_requests/{iid}", READ_MERGE_REQUESTS,
+          upstream="merge_requests"),
+    Route("merge_request_notes_read", READ, P + "/merge_requests/{iid}/notes", READ_MERGE_REQUESTS,
+          upstream="merge_requests"),
+    Route("merge_request_note_read", READ, P + "/merge_requests/{iid}/notes/{note_id}", READ_MERGE_REQUESTS,
+          upstream="merge_requests"),
+    # repository (REST)
+    Route("repository_branches_read", READ, P + "/repository/branches", READ_REPOSITORY,
+          upstream="repository"),
+    Route("repository_tags_read", READ, P + "/repository/tags", READ_REPOSITORY, upstream="repository"),
+    Route("repository_commit_read", READ, P + "/repository/commits/{sha}", READ_REPOSITORY,
+          upstream="repository"),
+    Route("repository_commit_merge_requests_read", READ, P + "/repository/commits/{sha}/merge_requests",
+          READ_REPOSITORY, upstream="repository"),
+    Route("repository_file_raw_read", READ, P + "/repository/files/{file_path}/raw", READ_REPOSITORY,
+          upstream="repository"),
+    # secure files
+    Route("secure_files_read", READ, P + "/secure_files", READ_SECURE_FILES, upstream="secure_files"),
+    Route("secure_file_read", READ, P + "/secure_files/{secure_file_id}", READ_SECURE_FILES,
+          upstream="secure_files"),
+    Route("secure_file_download", READ, P + "/secure_files/{secure_file_id}/download", READ_SECURE_FILES,
+          upstream="secure_files"),
+    Route("secure_file_create", methods("POST"), P + "/secure_files", MANAGE_SECURE_FILES,
+          upstream="secure_files"),
+    Route("secure_file_delete", methods("DELETE"), P + "/secure_files/{secure_file_id}", MANAGE_SECURE_FILES,
+          upstream="secure_files"),
+    # issues
+    Route("issues_read", READ, P + "/issues", READ_ISSUES, upstream="issues"),
+    Route("issue_read", READ, P + "/issues/{issue_iid}", READ_ISSUES, upstream="issues"),
+    # container registry
     Route("registry_api_read", READ, P + "/registry/{rest*}", READ_REGISTRY),
     Route("registry_api_write", methods("POST PUT DELETE"), P + "/registry/{rest*}", MANAGE_REGISTRY),
     Route("registry_base", READ, "/v2/", None, upstream="container_registry", protocol=Protocol.REGISTRY),
@@ -379,6 +503,13 @@ def project_ref(segment: str) -> TargetRef | None:
     return TargetRef(paths=(segment,))
 
 
+def job_ref(segment: str) -> TargetRef | None:
+    """A `{job}` segment: a job id, whose project the store finds; None when not an id."""
+    if segment.isdigit() and segment.isascii() and len(segment) < 19:
+        return TargetRef(job_id=int(segment))
+    return None
+
+
 def repo_ref(segments: Sequence[str]) -> TargetRef | None:
     """A `{repo+}` span: candidate project paths, longest first (`.git` dropped)."""
     parts = list(segments)
@@ -416,6 +547,10 @@ def _match_segments(
             return False
         elif item == "{project}":
             target = project_ref(segments[i]) or False
+            if target is False:
+                return False
+        elif item == "{job}":
+            target = job_ref(segments[i]) or False
             if target is False:
                 return False
         else:

@@ -8,13 +8,21 @@ scripts below run unchanged on a cluster):
 key                   type    content
 ====================  ======  ==========================================================
 ``job:<id>``          hash    one key per job: ``p`` project, ``u`` user, ``s`` status,
-                              ``e`` erased, ``x`` expiry (unix seconds), ``pl`` pipeline,
-                              ``n`` name, ``r`` ref, ``d`` the job token's SHA-256 (32 raw
-                              bytes). A job token names its job (``glcbt-<id>_<secret>``),
-                              so it is found by id and checked against ``d``.
+                              ``e`` erased, ``x`` expiry (unix seconds), ``d`` the job
+                              token's SHA-256 (32 raw bytes), ``t`` start (unix seconds);
+                              only when given: ``pl`` pipeline, ``n`` name, ``r`` ref,
+                              ``st`` stage, ``sh`` sha, ``tg`` ref is a tag (1), ``pi``
+                              pipeline iid, ``ps`` pipeline source, ``un`` username, ``um``
+                              user's name, ``af`` allow failure (1). A job token names its
+                              job (``glcbt-<id>_<secret>``), so it is found by id and
+                              checked against ``d``. Jobs written before ``t`` and the
+                              optional fields existed read as "not given".
 ``tok:<sha256 hex>``  string  ``t:<project>:<owner>`` for a pipeline trigger token
 ``prj:<id>``          hash    path, visibility, pending_delete, scope (outbound limit
-                              on), inbound (inbound limit on)
+                              on), inbound (inbound limit on), push_repository (git push
+                              with a job token allowed), ``feature:<name>`` (builds,
+                              container_registry, packages, releases, environments,
+                              repository: enabled, private or disabled; absent: enabled)
 ``path:<path>``       string  project id for a lower-cased full path
 ``mem:<project>``     hash    user id -> access level
 ``out:<source>``      set     outbound allowlist: target project ids
@@ -37,7 +45,7 @@ import hashlib
 import math
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +57,8 @@ from redis.exceptions import RedisError, ResponseError
 from .model import (
     ACCESS_LEVELS,
     DEFAULT_PERMISSIONS,
+    FEATURE_LEVELS,
+    FEATURES,
     FINISH_STATUSES,
     JOB_TOKEN_PREFIX,
     POLICIES,
@@ -110,31 +120,49 @@ def credential_key(token: str) -> str:
     return f"t:{digest}"
 
 
-# One round trip: token -> job -> source project, target project (by id or longest
-# path), the user's level in the target, outbound membership, nearest inbound entry.
+#: The job fields the hot path reads after ``p`` (and ``d``, compared in the script).
+_JOB_FIELDS = ("u", "s", "e", "x", "pl", "n", "r", "t", "st", "sh", "tg", "pi", "ps", "un", "um", "af")
+#: The project fields a decision reads, in reply order.
+_PROJECT_FIELDS = ("path", "visibility", "pending_delete", "scope", "inbound", "push_repository",
+                   *(f"feature:{name}" for name in FEATURES))  # fmt: skip
+_JOB_ITEMS = 2 + len(_JOB_FIELDS)  # job id, project, the fields
+_N = len(_PROJECT_FIELDS)
+
+
+def _lua_list(names: Sequence[str]) -> str:
+    return "{" + ", ".join(f"'{n}'" for n in names) + "}"
+
+
+# One round trip: token -> job -> source project, target project (by id, longest path, or
+# a job's project), the user's level in the target, outbound membership, nearest inbound entry.
 _READ_ACCESS = """
 local p = KEYS[1]
 local out = {}
 local source_id, user_id
+local jobfields = JOB_FIELDS
 if ARGV[1] == 'j' then
-  local job = redis.call('HMGET', p .. 'job:' .. ARGV[2], 'p', 'u', 's', 'e', 'x', 'pl', 'n', 'r', 'd')
-  if not job[1] or job[9] ~= ARGV[3] then return {''} end
-  out = {'j', ARGV[2], job[1], job[2], job[3], job[4], job[5], job[6] or '', job[7] or '', job[8] or ''}
-  source_id, user_id = job[1], job[2]
+  local job = redis.call('HMGET', p .. 'job:' .. ARGV[2], 'p', 'd', unpack(jobfields))
+  if not job[1] or job[2] ~= ARGV[3] then return {''} end
+  out = {'j', ARGV[2], job[1]}
+  for i = 3, #jobfields + 2 do out[#out + 1] = job[i] or '' end
+  source_id, user_id = job[1], job[3]
 else
   local tok = redis.call('GET', p .. 'tok:' .. ARGV[2])
   if not tok or string.sub(tok, 1, 2) ~= 't:' then return {''} end
   local rest = string.sub(tok, 3)
   local sep = string.find(rest, ':', 1, true)
   source_id, user_id = string.sub(rest, 1, sep - 1), string.sub(rest, sep + 1)
-  out = {'t', source_id, user_id, '', '', '', '', '', '', ''}
+  out = {'t', source_id, user_id}
+  for i = 1, #jobfields do out[#out + 1] = '' end
 end
-local fields = {'path', 'visibility', 'pending_delete', 'scope', 'inbound'}
+local fields = PROJECT_FIELDS
 local src = redis.call('HMGET', p .. 'prj:' .. source_id, unpack(fields))
-for i = 1, 5 do out[#out + 1] = src[i] or '' end
+for i = 1, #fields do out[#out + 1] = src[i] or '' end
 local target_id = false
 if ARGV[4] == 'id' then
   target_id = ARGV[5]
+elseif ARGV[4] == 'job' then
+  target_id = redis.call('HGET', p .. 'job:' .. ARGV[5], 'p')
 elseif ARGV[4] == 'path' then
   for i = 5, #ARGV do
     target_id = redis.call('GET', p .. 'path:' .. ARGV[i])
@@ -147,7 +175,7 @@ if not target_id or redis.call('EXISTS', p .. 'prj:' .. target_id) == 0 then
 end
 out[#out + 1] = target_id
 local tgt = redis.call('HMGET', p .. 'prj:' .. target_id, unpack(fields))
-for i = 1, 5 do out[#out + 1] = tgt[i] or '' end
+for i = 1, #fields do out[#out + 1] = tgt[i] or '' end
 out[#out + 1] = redis.call('HGET', p .. 'mem:' .. target_id, user_id) or '0'
 out[#out + 1] = redis.call('SISMEMBER', p .. 'out:' .. source_id, target_id)
 local inkey = p .. 'in:' .. target_id
@@ -169,7 +197,7 @@ if policies then
   out[#out + 1] = policies
 end
 return out
-"""
+""".replace("JOB_FIELDS", _lua_list(_JOB_FIELDS)).replace("PROJECT_FIELDS", _lua_list(_PROJECT_FIELDS))
 
 _SET_PROJECT = """
 local p, id, path, vis = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
@@ -209,8 +237,11 @@ end
 local key = p .. 'job:' .. id
 if redis.call('EXISTS', key) == 1 then return {err = 'job ' .. id .. ' already exists'} end
 redis.call('HSET', key, 'p', project, 'u', ARGV[4], 's', 'running', 'e', '0',
-  'x', ARGV[5], 'pl', ARGV[6], 'n', ARGV[7], 'r', ARGV[8], 'd', digest)
-redis.call('EXPIREAT', key, tonumber(ARGV[9]))
+  'x', ARGV[5], 'd', digest, 't', ARGV[7])
+for i = 8, #ARGV, 2 do
+  if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
+end
+redis.call('EXPIREAT', key, tonumber(ARGV[6]))
 return 1
 """
 
@@ -264,7 +295,7 @@ def _int(value: Any, default: int = 0) -> int:
 
 
 def _project(values: Sequence[str], project_id: int) -> ProjectState | None:
-    path, visibility, pending, scope, inbound = values
+    path, visibility, pending, scope, inbound, push = values[:6]
     if not path:
         return None
     return ProjectState(
@@ -274,6 +305,10 @@ def _project(values: Sequence[str], project_id: int) -> ProjectState | None:
         pending_delete=pending == "1",
         outbound_limit=scope == "1",
         inbound_limit=inbound != "0",
+        features=tuple(
+            (f, level) for f, level in zip(FEATURES, values[6:], strict=True) if level and level != "enabled"
+        ),
+        push_repository=push == "1",
     )
 
 
@@ -286,6 +321,7 @@ def parse_access(raw: Sequence[Any]) -> AccessState:
     job = trigger_project = trigger_owner = None
     if kind == "j":
         jid, project, user, status, erased, expires, pipeline, name, ref = values[1:10]
+        started, stage, sha, tag, iid, pipeline_source, username, user_name, allow_failure = values[10:19]
         job = JobState(
             id=_int(jid),
             project_id=_int(project),
@@ -296,29 +332,41 @@ def parse_access(raw: Sequence[Any]) -> AccessState:
             pipeline_id=_int(pipeline) if pipeline else None,
             name=name,
             ref=ref,
+            started_at=float(started) if started else None,
+            stage=stage,
+            sha=sha,
+            tag=tag == "1",
+            pipeline_iid=_int(iid) if iid else None,
+            pipeline_source=pipeline_source,
+            username=username,
+            user_name=user_name,
+            allow_failure=allow_failure == "1",
         )
         source_id = job.project_id
     else:
         trigger_project, trigger_owner = _int(values[1]), _int(values[2])
         source_id = trigger_project
-    source = _project(values[10:15], source_id)
+    at = _JOB_ITEMS + 1  # the source project's fields
+    source = _project(values[at : at + _N], source_id)
     common = dict(job=job, trigger_owner_id=trigger_owner, source=source)
     token_kind = TokenKind.JOB if job else TokenKind.TRIGGER
-    if len(values) <= 15 or not values[15]:
+    at += _N  # the target's id, its fields, the level, outbound membership, the inbound entry
+    if len(values) <= at or not values[at]:
         return AccessState(kind=token_kind, **common)  # type: ignore[arg-type]
-    target = _project(values[16:21], _int(values[15]))
+    target = _project(values[at + 1 : at + 1 + _N], _int(values[at]))
+    at += 1 + _N
     entry = None
-    if len(values) >= 25:
-        policies = values[24]
+    if len(values) >= at + 4:
+        policies = values[at + 3]
         entry = InboundEntry(
-            source=values[23],
+            source=values[at + 2],
             policies=None if policies == DEFAULT_PERMISSIONS else frozenset(policies.split(",")),
         )
     return AccessState(
         kind=token_kind,
         target=target,
-        access_level=_int(values[21]),
-        in_outbound_allowlist=values[22] == "1",
+        access_level=_int(values[at]),
+        in_outbound_allowlist=values[at + 1] == "1",
         inbound_entry=entry,
         **common,  # type: ignore[arg-type]
     )
@@ -436,6 +484,8 @@ class Store:
             token_args = ["t", rest, ""]
         if target.project_id is not None:
             args: list[Any] = [*token_args, "id", target.project_id]
+        elif target.job_id is not None:
+            args = [*token_args, "job", target.job_id]
         elif target.paths:
             args = [*token_args, "path", *(p.lower() for p in target.paths)]
         else:
@@ -452,12 +502,18 @@ class Store:
         scope: bool | None = None,
         inbound: bool | None = None,
         pending_delete: bool | None = None,
+        features: Mapping[str, str] | None = None,
+        push_repository: bool | None = None,
     ) -> dict[str, str]:
-        """Create or update a project; path and visibility are required when creating."""
+        """Create or update a project; path and visibility are required when creating.
+
+        `features` sets the visibility of the named features (the others keep theirs)."""
         if visibility is not None and visibility not in VISIBILITIES:
             raise ControlError(f"visibility must be one of {', '.join(VISIBILITIES)}")
         if path is not None:
             validate_project_path(path)
+        feature_args = [a for name, level in validate_features(features or {}).items()
+                        for a in (f"feature:{name}", level)]  # fmt: skip
         raw = await self._call(
             self._set_project,
             [
@@ -470,6 +526,9 @@ class Store:
                 _onoff(inbound),
                 "pending_delete",
                 _onoff(pending_delete),
+                "push_repository",
+                _onoff(push_repository),
+                *feature_args,
             ],
         )
         await self.announce(f"prj:{project_id}")
@@ -531,13 +590,31 @@ class Store:
         ref: str = "",
         timeout: float = 3600,
         now: float | None = None,
+        *,
+        stage: str = "",
+        sha: str = "",
+        tag: bool = False,
+        pipeline_iid: int | None = None,
+        pipeline_source: str = "",
+        username: str = "",
+        user_name: str = "",
+        allow_failure: bool = False,
     ) -> str:
-        """Record a running job and return its new token (only its digest is stored)."""
+        """Record a running job and return its new token (only its digest is stored).
+
+        Beyond what validity needs, the job's description (`GET /api/v4/job`) is stored only
+        where given, so a job costs Redis memory only for what the orchestrator said.
+        """
         if timeout <= 0:
             raise ControlError("timeout must be a positive number of seconds")
         now = time.time() if now is None else now
         token = f"{JOB_TOKEN_PREFIX}{job_id}_{secrets.token_urlsafe(30)}"
         expires = math.ceil(now + timeout)
+        optional = {
+            "pl": "" if pipeline_id is None else pipeline_id, "n": name, "r": ref, "st": stage, "sh": sha,
+            "tg": "1" if tag else "", "pi": "" if pipeline_iid is None else pipeline_iid,
+            "ps": pipeline_source, "un": username, "um": user_name, "af": "1" if allow_failure else "",
+        }  # fmt: skip
         await self._call(
             self._start_job,
             [
@@ -546,10 +623,9 @@ class Store:
                 bytes.fromhex(token_digest(token)),
                 user_id,
                 expires,
-                "" if pipeline_id is None else pipeline_id,
-                name,
-                ref,
                 int(expires) + JOB_RETENTION_SECONDS,
+                int(now),
+                *(item for field_value in optional.items() for item in field_value),
             ],
         )
         return token
@@ -617,7 +693,9 @@ class Store:
         if not raw:
             return None
         names = {"p": "project", "u": "user", "s": "status", "e": "erased", "x": "expires",
-                 "pl": "pipeline", "n": "name", "r": "ref"}  # fmt: skip
+                 "pl": "pipeline", "n": "name", "r": "ref", "t": "started", "st": "stage", "sh": "sha",
+                 "tg": "tag", "pi": "pipeline_iid", "ps": "pipeline_source", "un": "username",
+                 "um": "user_name", "af": "allow_failure"}  # fmt: skip
         return {names[_text(k)]: _text(v) for k, v in raw.items() if _text(k) in names}
 
     async def create_trigger(self, project_id: int, owner_id: int) -> str:
@@ -654,6 +732,27 @@ def inbound_entry_key(source: str) -> str:
     if not all(is_path_segment(s) for s in segments):
         raise ControlError(f"inbound source must be a project id or a group path, got {source!r}")
     return "g:" + "/".join(segments).lower()
+
+
+def validate_features(features: Mapping[str, str]) -> dict[str, str]:
+    """Feature visibility levels, each name and level checked against the known ones."""
+    for name, level in features.items():
+        if name not in FEATURES:
+            raise ControlError(f"unknown project feature {name!r} (known: {', '.join(FEATURES)})")
+        if level not in FEATURE_LEVELS:
+            raise ControlError(
+                f"feature {name}: level must be one of {', '.join(FEATURE_LEVELS)}, got {level!r}"
+            )
+    return dict(features)
+
+
+def parse_feature(text: str) -> tuple[str, str]:
+    """`NAME=LEVEL` (the CLI's `--feature`), checked like `validate_features`."""
+    name, sep, level = text.partition("=")
+    if not sep:
+        raise ControlError(f"--feature expects NAME=LEVEL (e.g. packages=private), got {text!r}")
+    validate_features({name: level})
+    return name, level
 
 
 def validate_policies(policies: Sequence[str]) -> set[str]:

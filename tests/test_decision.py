@@ -79,8 +79,8 @@ RULES = [
      None, Reason.JOB_NOT_RUNNING),
     ("job_not_running_after_cancel", READ_PACKAGE, state(job=replace(JOB, status="canceled")),
      None, Reason.JOB_NOT_RUNNING),
-    ("canceling_job_still_valid", READ_PACKAGE, state(job=replace(JOB, status="canceling")),
-     None, Reason.SAME_PROJECT),
+    ("canceling_job_invalid_on_job_token_routes", READ_PACKAGE,
+     state(job=replace(JOB, status="canceling")), None, Reason.JOB_NOT_RUNNING),
     ("erased_job_invalid", READ_PACKAGE, state(job=replace(JOB, erased=True)), None,
      Reason.JOB_ERASED),
     ("token_expired_at_timeout", READ_PACKAGE, state(job=replace(JOB, expires_at=NOW)), None,
@@ -159,7 +159,7 @@ def test_direction_matters_job_inbound_list_does_not_open_the_other_project() ->
 
 
 def test_registry_push_switch_extends_in_scope() -> None:
-    push = Action("push_image", 30, "admin_containers", own_project_only=True, in_scope_switch=True)
+    push = Action("push_image", 30, ("admin_containers",), own_project_only=True, in_scope_switch=True)
     access = state(PRIVATE, 30, entry=PROJECT_ENTRY)
     assert decide(push, access, NOW).reason is Reason.OWN_PROJECT_ONLY
     assert decide(push, access, NOW, ScopeConfig(registry_push_in_scope=True)).allowed

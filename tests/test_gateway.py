@@ -98,9 +98,12 @@ async def test_finish_denies_the_very_next_request(
     await assert_denied(await gateway.get(PKG, headers=headers), upstream, seen_before=1)
 
 
-async def test_canceling_job_keeps_its_token(gateway: Any, upstream: RecordingUpstream, world: World) -> None:
-    await world.store.finish_job(100, "canceling")
+async def test_canceling_job_loses_its_token(gateway: Any, upstream: RecordingUpstream, world: World) -> None:
+    # GitLab's AuthJobFinder accepts `canceling` only for runner endpoints (allow_canceling)
     assert (await gateway.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})).status == 200
+    assert await world.store.finish_job(100, "canceling") == "canceling"
+    denied = await gateway.get(PKG, headers={"JOB-TOKEN": world.tokens["100"]})
+    await assert_denied(denied, upstream, seen_before=1)
 
 
 async def test_erase_revokes(gateway: Any, upstream: RecordingUpstream, world: World) -> None:
@@ -167,12 +170,11 @@ async def test_job_endpoint_is_answered_by_jobgate(
     job = await resp.json()
     assert job["id"] == 100 and job["status"] == "running" and job["ref"] == "main"
     assert job["name"] == "build" and job["pipeline"]["id"] == 55
-    assert job["project_id"] == 1 and job["user"] == {"id": 7}
+    assert job["project_id"] == 1 and job["user"]["id"] == 7
     assert upstream.requests == []
     await world.store.finish_job(100)
-    await assert_denied(
-        await gateway.get("/api/v4/job", headers={"JOB-TOKEN": world.tokens["100"]}), upstream
-    )
+    resp = await gateway.get("/api/v4/job", headers={"JOB-TOKEN": world.tokens["100"]})
+    assert resp.status == 401 and upstream.requests == []  # GitLab's answer there (test_job_entity.py)
 
 
 # -- triggers ---------------------------------------------------------------------------

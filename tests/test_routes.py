@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import parse_qsl
+
 import pytest
 
 from gateway.model import TargetRef
 from gateway.routes import ROUTES, PathError, canonical_path, match, split_path
+
+from .gitlab_surface import FAMILY_UPSTREAM, SURFACE, UNROUTED, P, row_id
 
 
 @pytest.mark.parametrize(
@@ -133,5 +138,58 @@ def test_every_route_names_a_known_policy_and_a_configurable_upstream() -> None:
     for route in ROUTES:
         assert route.upstream in UPSTREAM_NAMES, route.name
         assert isinstance(route.protocol, Protocol), route.name
-        if route.action is not None and route.action.policy is not None:
-            assert route.action.policy in POLICIES, route.name
+        if route.action is not None:
+            assert set(route.action.policies) <= POLICIES, route.name
+
+
+# -- GitLab 18.4's surface (GITLAB.md §1), row by row -----------------------------------
+
+
+def _match(method: str, path: str) -> Any:
+    raw, _, query = path.partition("?")
+    return match(method, split_path(raw), dict(parse_qsl(query)))
+
+
+@pytest.mark.parametrize(
+    ("family", "method", "path", "policies"),
+    [pytest.param(*row, id=row_id(*row[:3])) for row in SURFACE],
+)
+def test_every_gitlab_endpoint_is_a_row_with_its_policies(
+    family: str, method: str, path: str, policies: tuple[str, ...] | None
+) -> None:
+    matched = _match(method, path)
+    assert matched is not None, "not routed"
+    action = matched.route.action
+    assert action is not None
+    if policies is None:  # trigger and git: not policy-checked; the registry API keeps `containers`
+        assert not action.policy_checked or set(action.policies) <= {"read_containers", "admin_containers"}
+    else:
+        assert action.policy_checked and set(action.policies) == set(policies)
+    assert matched.route.upstream == FAMILY_UPSTREAM[family]
+    if path.startswith(P):
+        assert matched.target == TargetRef(5)
+
+
+def test_the_artifacts_of_a_job_name_their_job() -> None:
+    matched = _match("GET", "/api/v4/jobs/77/artifacts")
+    assert matched is not None and matched.target == TargetRef(job_id=77)
+    assert _match("GET", "/api/v4/jobs/x7/artifacts") is None
+    assert _match("GET", "/api/v4/jobs/77/artifacts/extra") is None
+
+
+@pytest.mark.parametrize(("method", "path"), UNROUTED)
+def test_group_and_instance_package_paths_stay_unrouted(method: str, path: str) -> None:
+    assert _match(method, path) is None
+
+
+def test_the_new_families_fall_back_to_the_api_upstream() -> None:
+    from gateway.config import FALLBACK_UPSTREAMS, parse_config
+
+    config = parse_config(
+        {"listen": "127.0.0.1:0", "upstreams": {"api": {"url": "http://api:1"}, "issues": {"url": "http://i:2"}}},
+        "t.yaml", env={},
+    )  # fmt: skip
+    assert config.upstream_for("issues").url == "http://i:2"  # type: ignore[union-attr]
+    for name in set(FALLBACK_UPSTREAMS) - {"issues"}:
+        assert config.upstream_for(name).url == "http://api:1"  # type: ignore[union-attr]
+    assert config.upstream_for("packages") is None  # the families jobgate always had do not fall back

@@ -155,3 +155,16 @@ async def test_the_read_script_and_suggest_walk_the_inbound_entries_alike(
     assert (found.source if found else None) == expected
     await store.record_access(2, 1, "packages_read")
     assert [item["covered_by"] for item in await store.suggest_inbound(2)] == [expected]
+
+
+async def test_a_job_stores_only_the_fields_it_was_given(store: Store) -> None:
+    # Redis memory per job is what scales (bench/job_memory.py): the README example's job
+    # writes its validity fields, its start and its ref, nothing empty
+    await store.set_project(1, "g/app", "private")
+    await store.start_job(100, 1, 7, ref="main")
+    assert set(await store.client.hkeys(f"{store.prefix}job:100")) == {
+        b"p", b"u", b"s", b"e", b"x", b"d", b"t", b"r"}  # fmt: skip
+    await store.start_job(101, 1, 7, 9, "build", "v1", stage="s", sha="abc", tag=True,
+                          pipeline_iid=3, pipeline_source="push", username="u", user_name="U",
+                          allow_failure=True)  # fmt: skip
+    assert len(await store.client.hkeys(f"{store.prefix}job:101")) == 18

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from gateway.devredis import RedisProcess
 from gateway.store import Store
 
-from ..peers import GitHttpServer, git
+from ..peers import GitHttpServer, git, git_ok
 from .serving import JobgateProcess
 
 GIT_404 = (
@@ -79,3 +80,43 @@ def test_git_is_challenged_for_credentials(setup: tuple[JobgateProcess, str], tm
     )
     assert anonymous.returncode != 0
     assert "could not read Username" in anonymous.stderr  # git saw the 401 challenge and asked
+
+
+def push_a_commit(gw: JobgateProcess, token: str, repo: str, work: Path) -> subprocess.CompletedProcess[str]:
+    """Clone `repo` with the token (or start from an empty clone when that is refused), commit, push."""
+    if git("clone", "-q", url(gw, token, repo), str(work), cwd=work.parent).returncode != 0:
+        git_ok("init", "-q", "-b", "main", str(work))
+        git_ok("remote", "add", "origin", url(gw, token, repo), cwd=work)
+    (work / "PUSHED").write_text(f"{work.name}\n")
+    git_ok("add", "PUSHED", cwd=work)
+    git_ok("commit", "-qm", f"push from {work.name}", cwd=work)
+    return git("push", "-q", "origin", "HEAD:refs/heads/main", cwd=work)
+
+
+def test_git_push_with_a_job_token_by_opt_in(setup: tuple[JobgateProcess, str], tmp_path: Path) -> None:
+    gw, token = setup  # job 100 of user 7, a developer of group/app (1) and a reporter of other/secret (2)
+    off = push_a_commit(gw, token, "group/app.git", tmp_path / "off")
+    assert off.returncode != 0 and GIT_404 in off.stderr  # the default: off
+
+    gw.admin("project", "set", "1", "--push-repository", "on")
+    own = push_a_commit(gw, token, "group/app.git", tmp_path / "own")
+    assert own.returncode == 0, own.stderr
+    check = git("clone", "-q", url(gw, token, "group/app.git"), str(tmp_path / "check"), cwd=tmp_path)
+    assert check.returncode == 0 and (tmp_path / "check/PUSHED").read_text() == "own\n"
+
+    # another project, opted in, user 7 a developer there, 1 on its inbound list: own project only
+    gw.admin("project", "set", "2", "--push-repository", "on")
+    gw.admin("member", "set", "2", "7", "30")
+    gw.admin("inbound", "add", "2", "1")
+    other = push_a_commit(gw, token, "other/secret.git", tmp_path / "other")
+    assert other.returncode != 0 and GIT_404 in other.stderr
+
+    gw.admin("member", "set", "1", "8", "20")  # a reporter's job in the opted-in project
+    reporter_token = gw.admin("job", "start", "--id", "101", "--project", "1", "--user", "8")
+    reporter = push_a_commit(gw, reporter_token, "group/app.git", tmp_path / "reporter")
+    assert reporter.returncode != 0 and GIT_404 in reporter.stderr
+
+    gw.admin("project", "set", "1", "--push-repository", "off")
+    again = push_a_commit(gw, token, "group/app.git", tmp_path / "again")
+    assert again.returncode != 0 and GIT_404 in again.stderr
+    assert token not in gw.log() and reporter_token not in gw.log()
