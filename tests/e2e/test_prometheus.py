@@ -197,21 +197,23 @@ def test_prometheus_scrapes_jobgate_alerts_evaluate_and_dashboard_panels_return_
         with gw, Prometheus(tmp_path, f"127.0.0.1:{gw.metrics_port}") as prometheus:
             gw.admin("project", "set", "1", "--path", "demo/app", "--visibility", "private")
             gw.admin("member", "set", "1", "7", "30")
-            token = gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
-            finished = gw.admin("job", "start", "--id", "101", "--project", "1", "--user", "7")
-            fresh = gw.admin("job", "start", "--id", "102", "--project", "1", "--user", "7")
-            gw.admin("job", "finish", "101", "--status", "success")
+            # one running and one finished job per round, and one for Redis down: each round's
+            # decisions read Redis (no warm cache entry from the round before)
+            tokens = {job: gw.admin("job", "start", "--id", str(job), "--project", "1", "--user", "7")
+                      for job in (100, 101, 102, 103, 104)}  # fmt: skip
+            for job in (101, 103):
+                gw.admin("job", "finish", str(job), "--status", "success")
 
             # Round 1 makes every series exist before a scrape; round 2 moves them between two.
-            traffic(token, finished, limiter_attempts=320)
+            traffic(tokens[100], tokens[101], limiter_attempts=320)
             assert seen["packages_read", "429"] > 0, "the limiter never fired"
             reload(gw)
             before = prometheus.scraped_after(time.time() + 0.5)
-            traffic(token, finished, limiter_attempts=5)
+            traffic(tokens[102], tokens[103], limiter_attempts=5)
             reload(gw)
             redis.stop()
             for _ in range(3):
-                assert get("packages_read", PACKAGE, {"JOB-TOKEN": fresh}) == 503
+                assert get("packages_read", PACKAGE, {"JOB-TOKEN": tokens[104]}) == 503
             at = prometheus.scraped_after(time.time() + 0.5)
             assert at - before < 50, "the two scrapes must fall in one rate window"
 
