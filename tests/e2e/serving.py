@@ -42,7 +42,12 @@ class JobgateProcess:
     """`jobgate serve` in a subprocess on free ports, with its stderr captured to a file."""
 
     def __init__(
-        self, directory: Path, redis_url: str, upstreams: dict[str, str], workers: int = 1, **extra: Any
+        self,
+        directory: Path,
+        redis_url: str,
+        upstreams: dict[str, str],
+        workers: int | None = 1,  # None: `serve`'s default, one per core
+        **extra: Any,
     ) -> None:
         self.directory = directory
         self.workers = workers
@@ -74,7 +79,7 @@ class JobgateProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                 "--workers", str(self.workers)],
+                 *(["--workers", str(self.workers)] if self.workers is not None else [])],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_http(f"http://127.0.0.1:{self.metrics_port}/-/health", self.process, self.log_path)
