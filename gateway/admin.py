@@ -31,7 +31,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import PRIVATE_REDIS_URL, ConfigError, ScopeConfig, load_config
+from .config import PRIVATE_REDIS_URL, ConfigError, RegistryConfig, ScopeConfig, load_config
+from .signing import SigningKeyError, load_or_create_key
 from .store import FINISH_STATUSES, VISIBILITIES, ControlError, Store, StoreUnavailable, connect
 
 ADMIN_STORE = web.AppKey("admin_store", Store)
@@ -253,12 +254,31 @@ def _onoff(text: str) -> bool:
     return text == "on"
 
 
+def add_where_options(parser: argparse.ArgumentParser, after_verb: bool = False) -> None:
+    """`--config F | --redis-url URL`; on a subcommand (`after_verb`) they leave the values
+    given before the verb alone unless given again."""
+    where = parser.add_mutually_exclusive_group()
+    default: Any = argparse.SUPPRESS if after_verb else None
+    where.add_argument("--config", default=default, metavar="F",
+                       help="read Redis settings (and scope switches) from this config file")
+    where.add_argument("--redis-url", default=default, metavar="URL",
+                       help=f"Redis URL (default: the config's, else the private one, {PRIVATE_REDIS_URL})")
+
+
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of every innermost subcommand below `parser`."""
+    leaves = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                leaves.extend(leaf_parsers(child) or [child])
+    return leaves
+
+
 def add_admin_parser(sub: Any) -> None:
     """The `jobgate admin ...` grammar, exactly as SPEC §7 lists it."""
     admin = sub.add_parser("admin", help="write job state: projects, members, scope, jobs, triggers")
-    where = admin.add_mutually_exclusive_group()
-    where.add_argument("--config", help="read Redis settings from this config file")
-    where.add_argument("--redis-url", help="Redis URL (default: the config's, or the private one)")
+    add_where_options(admin)
     nouns = admin.add_subparsers(dest="noun", required=True)
 
     project = nouns.add_parser("project").add_subparsers(dest="verb", required=True)
@@ -308,12 +328,20 @@ def add_admin_parser(sub: Any) -> None:
     erase = job.add_parser("erase", help="erase a job (revokes its token)")
     erase.add_argument("id", type=int)
 
+    registry = nouns.add_parser("registry").add_subparsers(dest="verb", required=True)
+    registry.add_parser(
+        "certificate", help="print the PEM certificate of the registry signing key (a registry's "
+        "rootcertbundle); creates the key file first when it is missing",
+    )  # fmt: skip
+
     trigger = nouns.add_parser("trigger").add_subparsers(dest="verb", required=True)
     create = trigger.add_parser("create", help="create a trigger token; prints it")
     create.add_argument("project_id", type=int)
     create.add_argument("--owner", type=int, required=True)
     revoke = trigger.add_parser("revoke", help="revoke a trigger token")
     revoke.add_argument("token")
+    for leaf in leaf_parsers(admin):  # `jobgate admin job start ... --config F` works too
+        add_where_options(leaf, after_verb=True)
 
 
 async def _run_admin(store: Store, args: argparse.Namespace) -> str:
@@ -369,6 +397,8 @@ class CliSettings:
 
 def cli_settings(args: argparse.Namespace) -> CliSettings:
     """Settings from `--config` (ConfigError on a bad file) or `--redis-url`, else the private Redis."""
+    if args.config and args.redis_url:
+        raise ConfigError(["--config and --redis-url: give one of them, not both"])
     if args.config:
         config = load_config(args.config)
         redis = config.redis
@@ -412,8 +442,25 @@ def run_cli(
     return code
 
 
+def registry_certificate(args: argparse.Namespace) -> int:
+    """`jobgate admin registry certificate`: the signing key's certificate on stdout (no Redis)."""
+    try:
+        registry = load_config(args.config).registry if args.config else RegistryConfig()
+        key = load_or_create_key(registry.signing_key_file)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    except SigningKeyError as exc:
+        print(f"jobgate admin registry certificate: {exc}", file=sys.stderr)
+        return 2
+    print(key.certificate_pem(), end="")
+    return 0
+
+
 def admin_main(args: argparse.Namespace) -> int:
     """Run one `jobgate admin` command; exit 0, or 1 with the reason on stderr."""
+    if args.noun == "registry":
+        return registry_certificate(args)
 
     async def work(store: Store, settings: CliSettings) -> tuple[int, str]:
         return 0, await _run_admin(store, args)

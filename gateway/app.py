@@ -432,6 +432,8 @@ async def evaluate(
     try:
         if locator is None:
             decision = await authorize(gateway, route.action, matched.target, None)
+            if is_registry and credential is None and registry.bearer_token(request.headers):
+                decision = Decision(Reason.INVALID_REGISTRY_TOKEN, action=route.action)
         else:  # `authorize` spelled out: a warm cache answers without a coroutine (most requests)
             decision = (remembered(gateway, route.action, matched.target, locator)
                         or await read_and_decide(gateway, route.action, matched.target, locator))  # fmt: skip
@@ -578,9 +580,7 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
         runtime=Runtime(config),
         cache=DecisionCache(config.cache.ttl, config.cache.max_entries),
         metrics=metrics or Metrics(),
-        issuer=registry.TokenIssuer(
-            config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl
-        ),
+        issuer=registry.issuer_for(config.registry),
     )
     gateway.metrics.log = access_log
     app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _sessions_ctx])

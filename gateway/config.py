@@ -108,15 +108,32 @@ class RedisConfig:
         return self.url or PRIVATE_REDIS_URL
 
 
+#: The key file's name in the state directory when `registry.signing_key_file` is absent.
+SIGNING_KEY_NAME = "registry-signing-key.pem"
+
+
+def default_signing_key_file(env: Mapping[str, str] | None = None) -> str:
+    """Where the registry signing key lives when `registry.signing_key_file` is absent.
+
+    `$XDG_STATE_HOME/jobgate/`, else `/var/lib/jobgate/` for root, else
+    `~/.local/state/jobgate/`: a state directory, never the checkout (docs/operations.md).
+    """
+    env = os.environ if env is None else env
+    if env.get("XDG_STATE_HOME"):
+        base = Path(env["XDG_STATE_HOME"]) / "jobgate"
+    elif os.geteuid() == 0:
+        base = Path("/var/lib/jobgate")
+    else:
+        base = Path(env.get("HOME") or Path.home()) / ".local" / "state" / "jobgate"
+    return str(base / SIGNING_KEY_NAME)
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
-    """The container registry token flow."""
+    """The container registry token flow: RS256 tokens signed with the key in `signing_key_file`."""
 
-    token_secret: str | None = None  # shared by every replica; absent: random per process
-    token_ttl: int = 300
-
-    def __repr__(self) -> str:
-        return f"RegistryConfig(token_secret={'[MASKED]' if self.token_secret else None})"
+    signing_key_file: str = field(default_factory=default_signing_key_file)
+    token_ttl: int = 300  # seconds
 
 
 @dataclass(frozen=True)
@@ -370,9 +387,13 @@ def parse_config(
         registry_push_in_scope=r.get(sd, "scope", "registry_push_in_scope", r.boolean, False),
     )
 
-    gd = r.section(top.get("registry"), "registry", {"token_secret", "token_ttl"})
+    gd = r.section(top.get("registry"), "registry", {"signing_key_file", "token_ttl", "token_secret"})
+    if "token_secret" in gd:
+        r.problem("registry.token_secret", "removed: registry tokens are RS256, signed with the key in "
+                  "registry.signing_key_file (`jobgate serve` creates it when missing; docs/operations.md)")
     registry = RegistryConfig(
-        token_secret=r.get(gd, "registry", "token_secret", r.string, None) or None,
+        signing_key_file=r.get(gd, "registry", "signing_key_file", r.string, "")
+        or default_signing_key_file(r.env),
         token_ttl=r.get(gd, "registry", "token_ttl", r.count, 300),
     )
 

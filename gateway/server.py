@@ -26,6 +26,7 @@ from .admin import build_admin
 from .app import GATEWAY, Runtime, build_gateway
 from .config import PRIVATE_REDIS_URL, Address, Config, ConfigError, load_config
 from .devredis import RedisProcess
+from .signing import SigningKeyError, ensure_key_file, load_key
 from .store import Store, connect
 
 log = logging.getLogger("jobgate")
@@ -245,6 +246,14 @@ def _forwarder(workers: list[int], sig: signal.Signals, stop: asyncio.Event | No
 
 def run(config: Config, config_path: str, workers: int) -> int:
     """`jobgate serve`: one process, or a parent with `workers` forked gateway workers."""
+    key_file = config.registry.signing_key_file
+    try:  # before any fork: every worker signs with the one key in this file
+        if ensure_key_file(key_file):
+            log.info("created the registry signing key %s", key_file)
+        load_key(key_file)
+    except SigningKeyError as exc:
+        log.error("%s", exc)
+        return 2
     private = None
     if config.redis.url is None:
         port = int(PRIVATE_REDIS_URL.rsplit(":", 1)[1].split("/")[0])

@@ -1,0 +1,49 @@
+"""`jobgate serve` with its defaults, as a real deployment runs it: several workers, one key."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from gateway.devredis import RedisProcess
+from gateway.signing import libtrust_kid, load_key
+
+from .serving import JobgateProcess
+
+
+def test_serve_creates_the_signing_key_once_before_it_forks(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    key_file = tmp_path / "state" / "registry-signing-key.pem"
+    gw = JobgateProcess.shipped(tmp_path, redis_server.url, {}, registry={"signing_key_file": str(key_file)})
+    with gw:
+        log = gw.log()
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert log.count("created the registry signing key") == 1  # by the parent, not per worker
+        assert "BEGIN" not in log  # the key is never logged
+        printed = subprocess.run(
+            [sys.executable, "-m", "gateway", "admin", "registry", "certificate",
+             "--config", str(gw.config_path)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    certificate = x509.load_pem_x509_certificate(printed.stdout.encode())
+    assert libtrust_kid(certificate.public_key()) == load_key(key_file).kid  # type: ignore[arg-type]
+
+
+def test_serve_refuses_an_unreadable_key_file_before_forking(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    key_file = tmp_path / "junk.pem"
+    key_file.write_text("not a key")
+    gw = JobgateProcess.shipped(tmp_path, redis_server.url, {}, registry={"signing_key_file": str(key_file)})
+    gw.config_path.write_text(__import__("yaml").safe_dump(gw.config))
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(gw.config_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2
+    assert f"{key_file}: not an unencrypted PEM private key" in done.stderr
+    assert "Traceback" not in done.stderr
