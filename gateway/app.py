@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from .decision import ALLOWING, Decision, Reason, decide
 from .observe import Metrics, RequestLog, access_log, mask
 from .protocols import registry
 from .proxy import REQUEST_ID, Forward, Transfer, UpstreamError, client_session, filter_query, forward_request
+from .requestid import next_request_id
 from .routes import Action, PathError, Protocol, RouteMatch, repo_ref, resolve
 from .store import Store, StoreUnavailable, TargetRef, connect, credential_key
 
@@ -157,8 +156,6 @@ Handler = Callable[[web.Request, RequestLog, "Gateway"], Awaitable[web.StreamRes
 _NO_QUERY: MultiMapping[str] = MultiDictProxy(MultiDict())
 # Enum members read on every request, bound once: on an Enum class that read costs ~100 ns.
 _REGISTRY, _SAME_PROJECT = Protocol.REGISTRY, Reason.SAME_PROJECT
-_ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter: unique without a syscall
-_ID_COUNTER = itertools.count(1)
 
 
 def observed(
@@ -171,7 +168,7 @@ def observed(
         request_id = request.headers.get(REQUEST_ID, "")
         from_client = 0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()
         if not from_client:
-            request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+            request_id = next_request_id()
         entry = RequestLog(request_id, request.method, request.raw_path, request.remote)
         if from_client:
             entry.id_from_client = True

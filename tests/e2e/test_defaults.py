@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from cryptography import x509
@@ -47,3 +51,16 @@ def test_serve_refuses_an_unreadable_key_file_before_forking(
     assert done.returncode == 2
     assert f"{key_file}: not an unencrypted PEM private key" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_request_ids_never_repeat_across_workers(tmp_path: Path, redis_server: RedisProcess) -> None:
+    with JobgateProcess(tmp_path, redis_server.url, {"api": "http://127.0.0.1:1"}, workers=2) as gw:
+        for _ in range(200):  # a connection each: SO_REUSEPORT spreads them over both workers
+            with contextlib.suppress(urllib.error.HTTPError):
+                urllib.request.urlopen(f"{gw.url}/api/v4/projects/1/jobs", timeout=5).close()
+        lines = [json.loads(line) for line in gw.log().splitlines() if line.startswith('{"time"')]
+    access = [line for line in lines if line.get("path") == "/api/v4/projects/1/jobs"]
+    assert len(access) == 200
+    assert len({line["pid"] for line in access}) == 2  # both workers answered
+    ids = [line["request_id"] for line in access]
+    assert len(set(ids)) == len(ids)
