@@ -293,8 +293,27 @@ class _Reader:
 
     def redis_url(self, key: str, raw: Any) -> str | None:
         text = str(raw)
-        if urlsplit(text).scheme not in REDIS_SCHEMES:
+        parts = urlsplit(text)
+        if parts.scheme not in REDIS_SCHEMES:
             self.problem(key, f"expected a {', '.join(s + '://' for s in REDIS_SCHEMES)} URL, got {text!r}")
+            return None
+        if parts.scheme == "unix":
+            if not parts.path:
+                self.problem(key, f"expected unix:///path/to/redis.sock, got {text!r}")
+                return None
+            return text
+        hosts = parts.netloc.rpartition("@")[2].split(",")  # Sentinel and Cluster URLs may list several
+        for host in hosts:
+            name, colon, port = host.rpartition(":")
+            if not colon or "]" in port:  # no port given (or a bare [IPv6] literal)
+                name, port = host, ""
+            if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+                self.problem(key, f"expected host[:port] in the Redis URL, got {host!r} in {text!r}")
+                return None
+        database = parts.path.strip("/")
+        if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+            self.problem(key, f"expected a database number after the host (redis://host:port/0), "
+                         f"got {text!r}")
             return None
         return text
 
@@ -430,28 +449,38 @@ def parse_config(
         r.problem("admin_listen", f"{admin_listen.host} is not a loopback address: the control plane "
                   "stays on loopback unless `admin_public: true` says otherwise")  # fmt: skip
 
+    # every value is read (and so checked) before the problems are counted
+    metrics_listen = r.get(top, "", "metrics_listen", r.address, None)
+    explain = r.get(top, "", "explain", r.boolean, False)
+    max_token_length = r.get(ld, "limits", "max_token_length", r.count, 1024)
+    max_form_body = r.get(ld, "limits", "max_form_body", r.count, 1 << 20)
+    failed_auth_per_minute = 0 if ld.get("failed_auth_per_minute") in (0, "0") \
+        else r.get(ld, "limits", "failed_auth_per_minute", r.count, 300)  # fmt: skip
+    idle_timeout = r.get(ld, "limits", "idle_timeout", r.positive, 75.0)
+    body_idle_timeout = r.get(ld, "limits", "body_idle_timeout", r.positive, 60.0)
+    public_url = r.get(top, "", "public_url", r.http_url, None)
+
     if r.problems or listen is None:
         raise ConfigError(r.problems)
     return Config(
         source=source,
         listen=listen,
         admin_listen=admin_listen,
-        metrics_listen=r.get(top, "", "metrics_listen", r.address, None),
+        metrics_listen=metrics_listen,
         redis=redis,
         upstreams=MappingProxyType(upstreams),
         scope=scope,
         registry=registry,
         cache=cache,
         admin_token=admin_token,
-        explain=r.get(top, "", "explain", r.boolean, False),
+        explain=explain,
         tls=tls,
-        max_token_length=r.get(ld, "limits", "max_token_length", r.count, 1024),
-        max_form_body=r.get(ld, "limits", "max_form_body", r.count, 1 << 20),
-        failed_auth_per_minute=0 if ld.get("failed_auth_per_minute") in (0, "0")
-        else r.get(ld, "limits", "failed_auth_per_minute", r.count, 300),
-        idle_timeout=r.get(ld, "limits", "idle_timeout", r.positive, 75.0),
-        body_idle_timeout=r.get(ld, "limits", "body_idle_timeout", r.positive, 60.0),
-        public_url=r.get(top, "", "public_url", r.http_url, None),
+        max_token_length=max_token_length,
+        max_form_body=max_form_body,
+        failed_auth_per_minute=failed_auth_per_minute,
+        idle_timeout=idle_timeout,
+        body_idle_timeout=body_idle_timeout,
+        public_url=public_url,
     )
 
 
