@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from .admin import build_admin
 from .app import GATEWAY, Runtime, build_gateway
 from .config import PRIVATE_REDIS_URL, Address, Config, ConfigError, load_config
-from .devredis import RedisProcess
+from .devredis import PortTaken, RedisNotInstalled, RedisProcess
 from .signing import SigningKeyError, ensure_key_file, load_key
 from .store import Store, connect
 
@@ -257,7 +257,21 @@ def run(config: Config, config_path: str, workers: int) -> int:
     private = None
     if config.redis.url is None:
         port = int(PRIVATE_REDIS_URL.rsplit(":", 1)[1].split("/")[0])
-        private = RedisProcess(port).start()
+        try:
+            private = RedisProcess(port).start()
+        except RedisNotInstalled as exc:
+            log.error("no redis.url in %s and %s", config_path, exc)
+            return 2
+        except PortTaken:
+            log.error(
+                "no redis.url in %s, and the private redis-server's port 127.0.0.1:%d is taken (another "
+                "jobgate serve?): stop what listens there, or set redis.url to the Redis to use",
+                config_path, port,
+            )  # fmt: skip
+            return 2
+        except RuntimeError as exc:
+            log.error("the private redis-server did not start: %s", exc)
+            return 2
         log.info("started a private redis-server at %s", private.url)
     try:
         if workers <= 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -11,12 +12,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import yaml
 from cryptography import x509
 
-from gateway.devredis import RedisProcess
+from gateway.devredis import RedisProcess, port_taken
 from gateway.signing import libtrust_kid, load_key
 
 from .serving import JobgateProcess
+
+PRIVATE_PORT = 6479  # where `serve` starts its private redis-server (config.PRIVATE_REDIS_URL)
 
 
 def test_serve_creates_the_signing_key_once_before_it_forks(
@@ -45,7 +49,7 @@ def test_serve_refuses_an_unreadable_key_file_before_forking(
     key_file = tmp_path / "junk.pem"
     key_file.write_text("not a key")
     gw = JobgateProcess.shipped(tmp_path, redis_server.url, {}, registry={"signing_key_file": str(key_file)})
-    gw.config_path.write_text(__import__("yaml").safe_dump(gw.config))
+    gw.config_path.write_text(yaml.safe_dump(gw.config))
     done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(gw.config_path)],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2
@@ -64,3 +68,30 @@ def test_request_ids_never_repeat_across_workers(tmp_path: Path, redis_server: R
     assert len({line["pid"] for line in access}) == 2  # both workers answered
     ids = [line["request_id"] for line in access]
     assert len(set(ids)) == len(ids)
+
+
+def _serve_without_redis_url(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    gw = JobgateProcess.shipped(tmp_path, "unused", {})
+    del gw.config["redis"]  # as shipped: the private redis-server
+    gw.config_path.write_text(yaml.safe_dump(gw.config))
+    return subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(gw.config_path)],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, **env})  # fmt: skip
+
+
+def test_a_second_serve_does_not_share_the_first_ones_private_redis(tmp_path: Path) -> None:
+    # it logged "started a private redis-server" although its own could not bind, then used
+    # the first instance's state
+    with contextlib.ExitStack() as stack:
+        if not port_taken(PRIVATE_PORT):
+            stack.enter_context(RedisProcess(PRIVATE_PORT, tmp_path / "first"))
+        done = _serve_without_redis_url(tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert f"port 127.0.0.1:{PRIVATE_PORT} is taken" in done.stderr and "set redis.url" in done.stderr
+    assert "started a private redis-server" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_without_redis_server_names_the_install_line(tmp_path: Path) -> None:
+    done = _serve_without_redis_url(tmp_path, PATH=str(tmp_path / "no-bin"))
+    assert done.returncode == 2
+    assert "redis-server not found: apt-get install -y redis-server" in done.stderr
+    assert "Traceback" not in done.stderr
