@@ -36,7 +36,19 @@ from .signing import SigningKeyError, load_or_create_key
 from .store import FINISH_STATUSES, VISIBILITIES, ControlError, Store, StoreUnavailable, connect
 
 ADMIN_STORE = web.AppKey("admin_store", Store)
-ADMIN_TOKEN = web.AppKey("admin_token", str)
+
+
+@dataclass
+class AdminToken:
+    """The admin bearer token in force; SIGHUP replaces its value (`set_admin_token`)."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "AdminToken([MASKED])"
+
+
+ADMIN_TOKEN = web.AppKey("admin_token", AdminToken)
 MAX_ADMIN_BODY = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -49,7 +61,7 @@ def _error(status: int, message: str) -> web.Response:
 @web.middleware
 async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bearer admin token on every call; control errors become clear 4xx answers."""
-    expected = request.app[ADMIN_TOKEN].encode()
+    expected = request.app[ADMIN_TOKEN].value.encode()
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
         return web.json_response(
@@ -223,11 +235,16 @@ async def _revoke_trigger(request: web.Request) -> web.Response:
     return web.json_response({"revoked": True})
 
 
+def set_admin_token(app: web.Application, admin_token: str) -> None:
+    """Make `admin_token` the one the admin API `app` accepts from the next request on."""
+    app[ADMIN_TOKEN].value = admin_token
+
+
 def build_admin(store: Store, admin_token: str) -> web.Application:
     """The admin HTTP API application."""
     app = web.Application(middlewares=[admin_guard], client_max_size=MAX_ADMIN_BODY)
     app[ADMIN_STORE] = store
-    app[ADMIN_TOKEN] = admin_token
+    app[ADMIN_TOKEN] = AdminToken(admin_token)
     p = "/admin/v1/projects/{id}"
     app.router.add_put(p, _put_project)
     app.router.add_put(p + "/members/{user}", _put_member)

@@ -484,6 +484,27 @@ def parse_config(
     )
 
 
+#: What a reload cannot change in a running process: the listening sockets, TLS, and the
+#: Redis connections (the store and the cache's subscription are opened once).
+RESTART_KEYS = ("listen", "admin_listen", "metrics_listen", "tls", "redis", "limits.idle_timeout",
+                "limits.max_form_body", "cache.ttl")  # fmt: skip
+
+
+def restart_keys(running: Config, new: Config) -> list[str]:
+    """The keys whose new value `new` a reload of `running` cannot apply (they need a restart)."""
+    pairs = {
+        "listen": (running.listen, new.listen),
+        "admin_listen": (running.admin_listen, new.admin_listen),
+        "metrics_listen": (running.metrics_listen, new.metrics_listen),
+        "tls": (running.tls, new.tls),
+        "redis": (running.redis, new.redis),
+        "limits.idle_timeout": (running.idle_timeout, new.idle_timeout),
+        "limits.max_form_body": (running.max_form_body, new.max_form_body),
+        "cache.ttl": (running.cache.ttl > 0, new.cache.ttl > 0),  # turning the cache on or off
+    }
+    return [key for key in RESTART_KEYS if pairs[key][0] != pairs[key][1]]
+
+
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a YAML config file; ConfigError names the file and every bad key."""
     source = str(path)

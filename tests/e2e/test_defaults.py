@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -95,3 +98,61 @@ def test_serve_without_redis_server_names_the_install_line(tmp_path: Path) -> No
     assert done.returncode == 2
     assert "redis-server not found: apt-get install -y redis-server" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers={"Connection": "close", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _kid(token: str) -> str:
+    header = token.split(".")[0]
+    return str(json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))["kid"])
+
+
+def test_sighup_applies_every_key_in_every_process(tmp_path: Path, redis_server: RedisProcess) -> None:
+    # it logged "config reloaded" once per worker and kept the parent's admin_token and the
+    # workers' signing secret
+    gw = JobgateProcess.shipped(tmp_path, redis_server.url, {"packages": "http://127.0.0.1:1"},
+                                admin_token="first-admin-token")  # fmt: skip
+    gw.workers = 2  # the default on this 2-core machine, said explicitly: the test is about workers
+    with gw:
+        gw.admin("project", "set", "1", "--path", "ops/app", "--visibility", "private")
+        gw.admin("project", "set", "2", "--path", "ops/other", "--visibility", "private")
+        gw.admin("member", "set", "1", "7", "30")
+        token = gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
+        admin = f"http://127.0.0.1:{gw.admin_port}/admin/v1/jobs/100"
+        other = gw.url + "/api/v4/projects/2/packages/generic/x/1/x.bin"
+        old_token = str(gw.config["admin_token"])
+        assert _get(admin, {"Authorization": f"Bearer {old_token}"})[0] == 200
+        basic = {"Authorization": "Basic " + base64.b64encode(f"gitlab-ci-token:{token}".encode()).decode()}
+        kids_before = {_kid(json.loads(_get(gw.url + "/jwt/auth", basic)[1])["token"]) for _ in range(10)}
+        assert len(kids_before) == 1  # one key for every worker
+
+        new_key = tmp_path / "rotated" / "key.pem"
+        gw.config_path.write_text(yaml.safe_dump({
+            **gw.config, "admin_token": "rotated-admin-token", "explain": True,
+            "listen": "127.0.0.1:1", "registry": {"signing_key_file": str(new_key)},
+        }))  # fmt: skip
+        assert gw.process is not None
+        gw.process.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+
+        assert _get(admin, {"Authorization": f"Bearer {old_token}"})[0] == 401  # the parent's listener
+        assert _get(admin, {"Authorization": "Bearer rotated-admin-token"})[0] == 200
+        answers = [_get(other, {"JOB-TOKEN": token}) for _ in range(20)]
+        assert {status for status, _ in answers} == {403}  # explain on in both workers
+        kids_after = {_kid(json.loads(_get(gw.url + "/jwt/auth", basic)[1])["token"]) for _ in range(10)}
+        assert kids_after == {load_key(new_key).kid}  # the key file is read again, by every worker
+        metrics = _get(f"http://127.0.0.1:{gw.metrics_port}/metrics")[1].decode()
+        log = gw.log()
+    reloads = [line for line in log.splitlines() if "config reloaded" in line]
+    assert len(reloads) == 1, reloads
+    assert "not applied, needs a restart: listen" in reloads[0]
+    assert 'jobgate_config_reloads_total{result="applied"} 1.0' in metrics
+    pids = {json.loads(line)["pid"] for line in log.splitlines() if '"route":"packages_read"' in line}
+    assert len(pids) == 2
