@@ -176,6 +176,8 @@ def observed(
         try:
             response = await handler(request, entry, gateway)
             entry.status = response.status
+            if entry.upstream is None and not response.prepared:  # an answer jobgate gives itself
+                entry.bytes_out = response.content_length or 0
         except web.HTTPException as exc:
             entry.status = exc.status
             raise

@@ -45,6 +45,9 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 JOB_TOKEN_PREFIX = "glcbt-"
@@ -407,6 +410,8 @@ def connect(url: str, timeout: float) -> aioredis.Redis | RedisCluster:
     }
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
+    # a pooled connection the server closed (it restarted) is replaced once, not answered 503
+    options.update(retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
     if url.startswith("redis+sentinel://"):
         from redis.asyncio.sentinel import Sentinel
 

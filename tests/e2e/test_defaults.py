@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -156,3 +157,28 @@ def test_sighup_applies_every_key_in_every_process(tmp_path: Path, redis_server:
     assert 'jobgate_config_reloads_total{result="applied"} 1.0' in metrics
     pids = {json.loads(line)["pid"] for line in log.splitlines() if '"route":"packages_read"' in line}
     assert len(pids) == 2
+
+
+def test_ready_means_the_next_gateway_request_is_served(tmp_path: Path) -> None:
+    # after Redis came back, /-/readiness said ready while the next gateway requests got 503
+    redis = RedisProcess(directory=tmp_path / "redis").start()
+    try:
+        with JobgateProcess.shipped(tmp_path, redis.url, {}) as gw:
+            ready = f"http://127.0.0.1:{gw.metrics_port}/-/readiness"
+            gw.admin("project", "set", "1", "--path", "g/app", "--visibility", "private")
+            token = gw.admin("job", "start", "--id", "1", "--project", "1", "--user", "7")
+            job = gw.url + "/api/v4/job"
+            with ThreadPoolExecutor(8) as pool:  # several pooled Redis connections in each worker
+                warm = list(pool.map(lambda _: _get(job, {"JOB-TOKEN": token})[0], range(32)))
+            assert set(warm) == {200}
+            redis.stop()
+            assert _get(ready)[0] == 503
+            redis = RedisProcess(redis.port, tmp_path / "redis2").start()
+            deadline = time.monotonic() + 20
+            while _get(ready)[0] != 200:
+                assert time.monotonic() < deadline, "never ready again"
+                time.sleep(0.05)
+            after = [_get(job, {"JOB-TOKEN": token})[0] for _ in range(10)]
+            assert 503 not in after, after
+    finally:
+        redis.stop()
