@@ -45,9 +45,6 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 JOB_TOKEN_PREFIX = "glcbt-"
@@ -410,8 +407,6 @@ def connect(url: str, timeout: float) -> aioredis.Redis | RedisCluster:
     }
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
-    # a pooled connection the server closed (it restarted) is replaced once, not answered 503
-    options.update(retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
     if url.startswith("redis+sentinel://"):
         from redis.asyncio.sentinel import Sentinel
 
@@ -521,6 +516,12 @@ class Store:
             args = [*token_args, "path", *(p.lower() for p in target.paths)]
         else:
             args = [*token_args, "none"]
+        try:
+            return parse_access(await self._call(self._read_access, args))
+        except StoreUnavailable as exc:
+            if exc.args != ("ConnectionError",):
+                raise
+        # a pooled connection a restarted Redis closed fails once; its reconnection answers
         return parse_access(await self._call(self._read_access, args))
 
     # -- control plane --------------------------------------------------------
