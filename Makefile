@@ -29,12 +29,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,speed]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
 # Python packages the gateway runs with (no test tools).
 $(RUN_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[speed]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
 # $(call apt_check,PAIRS): install the Debian packages of PAIRS whose command is missing (through

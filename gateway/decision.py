@@ -38,12 +38,13 @@ class Reason(StrEnum):
     #: Redis could not be read (fail closed).
     RATE_LIMITED = "rate_limited"
     STORE_UNAVAILABLE = "store_unavailable"
+    INVALID_REGISTRY_TOKEN = "invalid_registry_token"
 
 
 #: Reasons that mean "this credential cannot act at all": protocols re-challenge for these.
 DEAD_CREDENTIAL = frozenset({
     Reason.NO_CREDENTIAL, Reason.UNKNOWN_TOKEN, Reason.JOB_NOT_RUNNING, Reason.JOB_ERASED,
-    Reason.TOKEN_EXPIRED, Reason.INSUFFICIENT_TOKEN_SCOPE,
+    Reason.TOKEN_EXPIRED, Reason.INSUFFICIENT_TOKEN_SCOPE, Reason.INVALID_REGISTRY_TOKEN,
 })  # fmt: skip
 
 

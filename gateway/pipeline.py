@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from . import responses
-from .authorize import NO_CREDENTIAL, Authorizer, FailureLimiter
+from .authorize import INVALID_REGISTRY_TOKEN, NO_CREDENTIAL, Authorizer, FailureLimiter
 from .cache import DecisionCache, Outcome
 from .config import Config
 from .credentials import (
@@ -106,12 +106,10 @@ def realm(request: web.Request, config: Config) -> str:
     return base + "/jwt/auth"
 
 
-def registry_grant(request: web.Request, issuer: RegistryTokens) -> RegistryGrant | None:
-    """The verified registry token a `/v2/` request carries, if any."""
+def bearer_token(request: web.Request) -> str | None:
+    """The registry token an `Authorization: Bearer` header carries, if any."""
     scheme, _, token = request.headers.get(AUTHORIZATION, "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return issuer.verify(token.strip(), time.time())
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
 async def evaluate(
@@ -154,7 +152,8 @@ async def evaluate(
     except CredentialError as exc:
         return responses.bad_request(str(exc))
     log.token = credential.token if credential else None
-    grant = registry_grant(request, gateway.issuer) if is_registry and credential is None else None
+    bearer = bearer_token(request) if is_registry and credential is None else None
+    grant = gateway.issuer.verify(bearer, time.time()) if bearer else None
     locator = credential_key(credential.token) if credential else grant.key if grant else None
     action = route.action
     grants = True
@@ -162,8 +161,8 @@ async def evaluate(
         grants = grant.allows(matched.params.get("repo", ""), REGISTRY_ACTION_NAMES.get(action, ""))
     authorizer, scope = gateway.authorizer, config.scope
     try:
-        if locator is None:
-            outcome = NO_CREDENTIAL
+        if locator is None:  # none at all, or a registry token that failed verification
+            outcome = INVALID_REGISTRY_TOKEN if bearer else NO_CREDENTIAL
         else:
             outcome = (authorizer.warm(action, matched.target, locator, scope, grants)
                        or await authorizer.read(action, matched.target, locator, scope, grants))  # fmt: skip

@@ -490,6 +490,12 @@ class Store:
             args = [*token_args, "path", *(p.lower() for p in target.paths)]
         else:
             args = [*token_args, "none"]
+        try:
+            return parse_access(await self._call(self._read_access, args))
+        except StoreUnavailable as exc:
+            if exc.args != ("ConnectionError",):
+                raise
+        # a pooled connection a restarted Redis closed fails once; its reconnection answers
         return parse_access(await self._call(self._read_access, args))
 
     # -- control plane --------------------------------------------------------

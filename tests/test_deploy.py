@@ -21,7 +21,7 @@ from .peers import require
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-ENV = {"JOBGATE_REDIS_URL": "redis://r:6379/0", "JOBGATE_ADMIN_TOKEN": "a", "JOBGATE_REGISTRY_SECRET": "s"}
+ENV = {"JOBGATE_REDIS_URL": "redis://r:6379/0", "JOBGATE_ADMIN_TOKEN": "a"}
 SIGNING_KEY = "/var/lib/jobgate/registry-signing-key.pem"
 
 
@@ -113,7 +113,7 @@ def test_the_documented_secret_holds_every_key_the_deployment_reads() -> None:
         if "secret" in volume:
             assert volume["secret"]["secretName"] == "jobgate"
             wanted |= {item["key"] for item in volume["secret"]["items"]}
-    assert wanted == keys == {"redis-url", "admin-token", "registry-secret", "registry-signing-key.pem"}
+    assert wanted == keys == {"redis-url", "admin-token", "registry-signing-key.pem"}
 
 
 def test_the_deployment_carries_the_checksum_of_its_configmap() -> None:
@@ -159,10 +159,9 @@ def docker_compose(*args: str, env: dict[str, str]) -> subprocess.CompletedProce
 
 
 def test_compose_file_checks_with_docker_compose() -> None:
-    secrets = {"JOBGATE_ADMIN_TOKEN": "a", "JOBGATE_REGISTRY_SECRET": "s"}
-    checked = docker_compose("config", "-q", env=secrets)
+    checked = docker_compose("config", "-q", env={"JOBGATE_ADMIN_TOKEN": "a"})
     assert checked.returncode == 0, checked.stderr
-    unset = docker_compose("config", "-q", env={"JOBGATE_REGISTRY_SECRET": "s"})
+    unset = docker_compose("config", "-q", env={})
     assert unset.returncode != 0 and "set JOBGATE_ADMIN_TOKEN" in unset.stderr
 
 
