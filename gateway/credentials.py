@@ -15,7 +15,7 @@ import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, unquote_plus
 
 import aiohttp
@@ -81,6 +81,7 @@ _BY_SOURCE = {place.source: place for place in PLACES}
 #: and it has no query and no form, that header is the only place a token can be.
 _CARRIER_HEADERS = tuple(istr(name) for name in dict.fromkeys(p.header for p in PLACES if p.header))
 _LONE_HEADER = istr(JOB_TOKEN_HEADER.lower())  # equal to its entry in _CARRIER_HEADERS
+_OTHER_CARRIERS = tuple(name for name in _CARRIER_HEADERS if name != _LONE_HEADER)
 _ALONE = {source: frozenset({source}) for source in Source}
 
 
@@ -88,9 +89,8 @@ class CredentialError(Exception):
     """The request's credentials are malformed or ambiguous: answered with 400."""
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
-    """One token and every place in the request that carried it."""
+class Credential(NamedTuple):
+    """One token and every place in the request that carried it (a named tuple: made per request)."""
 
     token: str
     sources: frozenset[Source]
@@ -153,10 +153,14 @@ def extract_credential(
     own token, e.g. the registry's). Two different tokens are ambiguous and rejected, never
     resolved by precedence.
     """
-    if not query and not form and [h for h in _CARRIER_HEADERS if h in headers] == [_LONE_HEADER]:
-        lone = headers.getall(_LONE_HEADER)
-        if len(lone) == 1:  # the usual case: the table's scan would find this one token alone
-            return Credential(_checked(lone[0].strip(), max_length), _ALONE[Source.HEADER])
+    if not query and not form and _LONE_HEADER in headers:
+        for other in _OTHER_CARRIERS:
+            if other in headers:
+                break
+        else:  # the usual case: the table's scan would find this one token alone
+            lone = headers.getall(_LONE_HEADER)
+            if len(lone) == 1:
+                return Credential(_checked(lone[0].strip(), max_length), _ALONE[Source.HEADER])
     return scan_places(
         headers, query, token_param=token_param, form=form, bearer=bearer, max_length=max_length
     )

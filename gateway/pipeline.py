@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
@@ -78,10 +78,9 @@ class Gateway:
         return self.authorizer.store
 
 
-@dataclass(frozen=True, slots=True)
-class CanonicalRequest:
+class CanonicalRequest(NamedTuple):
     """The request as jobgate read it, built once: the decision and the forwarded request are
-    both made from this value."""
+    both made from this value (a named tuple: made per request, immutable)."""
 
     method: str
     path: str  # the canonical path (what matched, what the upstream receives)
@@ -92,8 +91,7 @@ class CanonicalRequest:
     body: Any = None  # the form without its token, when one was read; None streams the body
 
 
-@dataclass(frozen=True, slots=True)
-class Admitted:
+class Admitted(NamedTuple):
     """An allowed request ready to forward: what jobgate read and the outcome that allowed it."""
 
     request: CanonicalRequest
@@ -224,7 +222,9 @@ async def handle(request: web.Request, log: RequestLog, gateway: Gateway) -> web
     forward = Forward(
         upstream=upstream,
         path=upstream.upstream_path(canonical.path) if upstream.path_rewrite else canonical.path,
-        query=filter_query(canonical.raw_query, route.strip_query if pass_token else route.secret_query),
+        query=filter_query(canonical.raw_query, route.strip_query if pass_token else route.secret_query)
+        if canonical.raw_query
+        else "",
         drop_headers=drop_headers,
         identity=identity_of(admitted),
         body=canonical.body,
