@@ -7,6 +7,7 @@ URL, got 'git.local'``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -135,6 +136,12 @@ class ScopeConfig:
     registry_push_in_scope: bool = False
 
 
+#: The proxies whose forward-auth description headers jobgate can read (`forward_auth.proxy`).
+FORWARD_AUTH_PROXIES = ("nginx", "traefik", "envoy")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole gateway configuration."""
@@ -157,6 +164,10 @@ class Config:
     idle_timeout: float = 75.0  # seconds a connection may sit without a complete request
     body_idle_timeout: float = 60.0  # seconds a request body may stall between chunks
     public_url: str | None = None
+    #: The proxy kind that calls `/-/auth` (None: forward-auth is off, `/-/auth` is a 404).
+    forward_auth_proxy: str | None = None
+    #: Peers whose Forwarded / X-Forwarded-* / X-Real-IP headers are believed (default none).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -292,6 +303,7 @@ class _Reader:
 _TOP = {
     "listen", "admin_listen", "metrics_listen", "redis", "upstreams", "scope",
     "admin_token", "explain", "tls", "limits", "public_url", "registry", "cache", "admin_public",
+    "forward_auth", "trusted_proxies",
 }
 _UPSTREAM = {
     "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
@@ -409,6 +421,17 @@ def parse_config(
         r.problem("admin_listen", f"{admin_listen.host} is not a loopback address: the control plane "
                   "stays on loopback unless `admin_public: true` says otherwise")  # fmt: skip
 
+    fd = r.section(top.get("forward_auth"), "forward_auth", {"proxy"})
+    forward_auth_proxy = r.get(fd, "forward_auth", "proxy", r.string, None)
+    if forward_auth_proxy is not None and forward_auth_proxy not in FORWARD_AUTH_PROXIES:
+        r.problem("forward_auth.proxy", f"expected one of {', '.join(FORWARD_AUTH_PROXIES)}, "
+                  f"got {forward_auth_proxy!r}")  # fmt: skip
+        forward_auth_proxy = None
+    if top.get("forward_auth") is not None and "proxy" not in fd:
+        kinds = ", ".join(FORWARD_AUTH_PROXIES)
+        r.problem("forward_auth.proxy", f"required when forward_auth is set ({kinds})")
+    trusted_proxies = _networks(r, "trusted_proxies", top.get("trusted_proxies"))
+
     if r.problems or listen is None:
         raise ConfigError(r.problems)
     return Config(
@@ -431,7 +454,25 @@ def parse_config(
         idle_timeout=r.get(ld, "limits", "idle_timeout", r.positive, 75.0),
         body_idle_timeout=r.get(ld, "limits", "body_idle_timeout", r.positive, 60.0),
         public_url=r.get(top, "", "public_url", r.http_url, None),
+        forward_auth_proxy=forward_auth_proxy,
+        trusted_proxies=trusted_proxies,
     )
+
+
+def _networks(r: _Reader, key: str, raw: Any) -> tuple[IPNetwork, ...]:
+    """A list of CIDRs (a bare address is a /32 or /128); each bad entry is a problem."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problem(key, f"expected a list of CIDRs (e.g. [10.0.0.0/8]), got {type(raw).__name__}")
+        return ()
+    networks = []
+    for i, item in enumerate(raw):
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            r.problem(f"{key}[{i}]", f"expected a CIDR such as 10.0.0.0/8, got {item!r}")
+    return tuple(networks)
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

@@ -15,7 +15,6 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 import secrets
 import time
 from collections.abc import Iterable
@@ -28,12 +27,11 @@ from ..credentials import CredentialError, extract_credential
 from ..model import RegistryGrant, TargetRef
 from ..observe import RequestLog
 from ..pipeline import Gateway
-from ..routes import REGISTRY_ACTIONS, repo_ref
+from ..routes import OCI_REPOSITORY, REGISTRY_ACTIONS, repo_ref
 from ..store import StoreUnavailable, credential_key
 
 SERVICE = responses.REGISTRY_SERVICE
 ISSUER = "jobgate"
-_REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+$")
 MAX_SCOPES = 16
 
 
@@ -93,7 +91,7 @@ def parse_scopes(values: Iterable[str]) -> list[tuple[str, list[str]]]:
     for value in list(values)[:MAX_SCOPES]:
         kind, _, rest = value.partition(":")
         name, _, actions = rest.rpartition(":")
-        if kind != "repository" or not _REPOSITORY.match(name) or len(name) > 255:
+        if kind != "repository" or not OCI_REPOSITORY.match(name) or len(name) > 255:
             continue
         wanted = ["pull", "push", "delete"] if actions == "*" else actions.split(",")
         scopes.append((name, [a for a in wanted if a in REGISTRY_ACTIONS]))
