@@ -21,6 +21,7 @@ from . import responses
 from .authorize import Authorizer
 from .cache import DecisionCache, follow_invalidations
 from .config import Config
+from .credentials import candidate_tokens, parse_query
 from .observe import Metrics, RequestLog, access_log, mask
 from .pipeline import Gateway, handle
 from .protocols import registry
@@ -63,6 +64,8 @@ def observed(handler: Handler, gateway: Gateway) -> Callable[[web.Request], Awai
             if isinstance(exc, ConnectionResetError):
                 request_log.status = 499
                 raise
+            if not request_log.secrets:  # failed before the credential was read: read its places now
+                request_log.tokens = candidate_tokens(request.headers, parse_query(request.query_string))
             shown = mask(request_id, *request_log.secrets) if from_client else request_id
             log.error("unhandled %s in request %s", type(exc).__name__, shown)
             request_log.status = 500

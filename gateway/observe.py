@@ -116,7 +116,7 @@ def _mask_encoded(text: str, tokens: list[str]) -> str:
     text = _URL_PIECE.sub(piece, text)
     if "=" in text:  # `%6Aob_token=value`: a secret parameter under an encoded name
         text = re.sub(
-            r"(^|[?&;])([^&;=#]*)=([^&;#]*)",
+            r"(^|[?&;])([^&;=#?/]*)=([^&;#]*)",
             lambda m: m.group(0) if unquote_plus(m.group(2)).lower() not in _SECRET_NAMES
             else f"{m.group(1)}{m.group(2)}={MASK}",
             text,
