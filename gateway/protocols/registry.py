@@ -21,9 +21,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from aiohttp import web
+from multidict import MultiDict
 
 from .. import responses
-from ..credentials import CredentialError, extract_credential
+from ..credentials import CredentialError, candidate_tokens, extract_credential, parse_query
+from ..decision import Reason
 from ..model import RegistryGrant, TargetRef
 from ..observe import RequestLog
 from ..pipeline import Gateway
@@ -117,12 +119,16 @@ async def jwt_auth(request: web.Request, log: RequestLog, gateway: Gateway) -> w
     """`GET /jwt/auth`: trade a job token for a registry token granting what the job may do."""
     config, metrics = gateway.runtime.config, gateway.metrics
     log.route = "registry_token"
+    pairs = parse_query(request.query_string)  # as Rack reads it: `&` and `;`
+    log.tokens = candidate_tokens(request.headers, pairs)
     try:
         credential = extract_credential(
-            request.headers, request.query, bearer=False, max_length=config.max_token_length
+            request.headers, MultiDict(pairs), bearer=False, max_length=config.max_token_length
         )
     except CredentialError as exc:
-        return responses.bad_request(str(exc))
+        log.tokens += exc.tokens
+        log.reason = Reason(exc.rule)
+        return responses.refused(exc.rule, str(exc), exc.status)
     if credential is None:
         return unauthorized()
     log.token = credential.token
@@ -135,7 +141,7 @@ async def jwt_auth(request: web.Request, log: RequestLog, gateway: Gateway) -> w
         log.record(job.decision, job.log_fields)
         if not job.decision.allowed:
             return unauthorized()
-        for name, actions in parse_scopes(request.query.getall("scope", [])):
+        for name, actions in parse_scopes(v for k, v in pairs if k == "scope"):
             target = repo_ref(name.split("/")) or TargetRef()
             granted = []
             for wanted in actions:
