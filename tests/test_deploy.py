@@ -40,3 +40,9 @@ def test_compose_and_image() -> None:
     parse_config(config, "deploy/gateway.yaml", env=ENV)
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
+
+
+def test_forward_auth_settings_name_the_proxy_and_trust_it() -> None:
+    config = parse_config(yaml.safe_load((DEPLOY / "forward-auth" / "jobgate.yaml").read_text()),
+                          "deploy/forward-auth/jobgate.yaml", env=ENV)  # fmt: skip
+    assert config.forward_auth_proxy == "nginx" and config.trusted_proxies
