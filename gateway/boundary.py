@@ -115,7 +115,7 @@ def refuse_token_elsewhere(
         if _carries(value, token) or _carries(name, token):
             raise Refused(Reason.TOKEN_OUTSIDE_PLACES, f"the token appears in the {name} header")
     for name, value in query:
-        if _carries(name, token) or (name not in QUERY_PLACES and _carries(value, token)):
+        if _carries(name, token) or (base_name(name) not in QUERY_PLACES and _carries(value, token)):
             raise Refused(Reason.TOKEN_OUTSIDE_PLACES, "the token appears in another query parameter")
     if body is not None:
         for text in body.strings:

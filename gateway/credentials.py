@@ -187,7 +187,7 @@ def candidate_tokens(headers: MultiMapping[str], query: Collection[tuple[str, st
     """Every value a header or query credential place holds, unchecked: what the logs mask
     from the start, whatever the request turns out to be (unmatched, malformed, ambiguous)."""
     found = [v.strip() for name in _HEADER_PLACES for v in headers.getall(name, ())]
-    found += [v for k, v in query if k in QUERY_PLACES]
+    found += [v for k, v in query if base_name(k) in QUERY_PLACES]
     for value in headers.getall(AUTHORIZATION, ()):
         scheme, rest = split_authorization(value)
         if scheme == "bearer":
@@ -266,8 +266,8 @@ def scan_places(
     for place in PLACES:
         if place.where is Where.HEADER:
             found += [(place.source, v.strip()) for v in headers.getall(place.name, ())]
-        elif place.where is Where.QUERY:
-            found += [(place.source, v) for v in query.getall(place.name, ())]
+        elif place.where is Where.QUERY:  # by Rack's base name: `job_token[]` is `job_token`
+            found += [(place.source, v) for k, v in query.items() if base_name(k) == place.name]
         elif place.where is Where.FORM:
             found += [(place.source, v) for v in (form or {}).get(place.name, ())]
     for value in headers.getall(AUTHORIZATION, ()):
@@ -320,7 +320,8 @@ def filter_query(raw_query: str, drop: Collection[str]) -> str:
 
 
 _JSON_TYPES = frozenset({"application/json", "text/x-json", "application/jsonrequest"})
-_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+URLENCODED = "application/x-www-form-urlencoded"
+_FORM_TYPES = frozenset({URLENCODED, "multipart/form-data"})
 _MALFORMED = (ValueError, LookupError, RuntimeError, AssertionError, RecursionError)
 
 
@@ -375,8 +376,8 @@ def _urlencoded(request: web.Request, raw: bytes) -> BodyForm:
     charset = request.charset or "utf-8"
     text = raw.decode(charset)  # LookupError / UnicodeDecodeError: malformed
     pairs = parse_query(text, "&")  # Rack splits a form body on `&` only
-    tokens = {n: [v for k, v in pairs if k == n] for n in FORM_PLACES}
-    strings = tuple(x for k, v in pairs for x in ((k,) if k in FORM_PLACES else (k, v)))
+    tokens = {n: [v for k, v in pairs if base_name(k) == n] for n in FORM_PLACES}
+    strings = tuple(x for k, v in pairs for x in ((k,) if base_name(k) in FORM_PLACES else (k, v)))
     stripped = filter_query(text, FORM_PLACES).encode(charset) if any(tokens.values()) else raw
     return BodyForm(tuple(pairs), strings, tokens, raw, stripped)
 
@@ -400,8 +401,8 @@ async def _multipart(request: web.Request, raw: bytes) -> BodyForm:
         if part.filename is None:
             value = data.decode(part.get_charset("utf-8"))
             fields.append((part.name, value))
-            if part.name in FORM_PLACES:
-                tokens[part.name].append(value)
+            if base_name(part.name) in FORM_PLACES:
+                tokens[base_name(part.name)].append(value)
                 strings.append(part.name)
                 continue
             strings += (part.name, value)

@@ -30,6 +30,7 @@ from .config import Config
 from .credentials import (
     AUTHORIZATION,
     QUERY_SOURCES,
+    URLENCODED,
     BodyForm,
     Credential,
     CredentialError,
@@ -203,7 +204,9 @@ async def _evaluate(
     is_registry = route.protocol is RouteProtocol.REGISTRY
     body: BodyForm | None = None
     try:
-        if not route.upload:
+        # an upload streams its body unparsed, except a url-encoded one (small, and every
+        # framework behind reads it as parameters)
+        if not route.upload or request.content_type == URLENCODED:
             if read_body:
                 body = await read_body_form(request, config.max_form_body)
             elif parses_body(request.content_type):

@@ -101,6 +101,9 @@ async def test_an_override_naming_the_same_method_passes(
         (TRIGGER, [("Content-Type", "application/x-www-form-urlencoded")], b"ref=main&token=B"),
         (PKG + "?a=1;job_token=B", [], b""),
         (PKG + "?%6Aob_token=B", [], b""),
+        (PKG + "?job_token[]=B", [], b""),  # Rack files it under job_token
+        # an upload route still reads a url-encoded body (found by the Rack property)
+        (PKG, [("Content-Type", "application/x-www-form-urlencoded")], b"job_token=B"),
         (PKG, [("JOB_TOKEN", "B")], b""),
         (PKG, [("Authorization", "Basic\t" + basic("gitlab-ci-token", "B")[6:])], b""),
         (RELEASES, [("Content-Type", "multipart/form-data; boundary=zz")],
@@ -183,7 +186,6 @@ async def test_a_form_or_json_body_over_the_limit_is_413(
         (PKG, [("X-Note", "PCT")], b""),  # percent-encoded
         (PKG + "?note=T", [], b""),
         (PKG + "?x=PCT", [], b""),
-        (PKG + "?job_token[]=T", [], b""),
         (RELEASES, [("Content-Type", "application/x-www-form-urlencoded")], b"description=T"),
         (RELEASES, [("Content-Type", "application/json")], b'{"assets": {"links": [{"url": "T"}]}}'),
     ],
