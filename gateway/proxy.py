@@ -157,7 +157,7 @@ def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]
         headers["X-Forwarded-Host"] = host
     element = f"for={_forwarded_node(remote)};proto={request.scheme}"
     if valid_host(request.host):
-        element += f'; host="{request.host}"'.replace("; ", ";")
+        element += f';host="{request.host}"'
     previous = ", ".join(request.headers.getall("Forwarded", ())) if trusted else ""
     headers["Forwarded"] = f"{previous}, {element}" if previous else element
     headers.extend(forward.identity)  # the client's own X-Jobgate-* headers were dropped above
