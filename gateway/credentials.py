@@ -128,6 +128,13 @@ class MalformedBody(CredentialError):
     rule = "malformed_body"
 
 
+class BodyStalled(CredentialError):
+    """A form or JSON body that stopped arriving for longer than `limits.body_idle_timeout`."""
+
+    rule = "body_stalled"
+    status = 408
+
+
 class BodyTooLarge(CredentialError):
     """A form or JSON body over `limits.max_form_body` on a route that parses its body."""
 
@@ -343,10 +350,11 @@ class BodyForm:
     stripped: Any  # the body without its token fields (bytes or an aiohttp.FormData)
 
 
-async def read_body_form(request: web.Request, max_size: int) -> BodyForm | None:
+async def read_body_form(request: web.Request, max_size: int, idle: float = 60.0) -> BodyForm | None:
     """The body as parameters when its type is one GitLab parses (None otherwise: it streams).
 
-    BodyTooLarge past `max_size`; MalformedBody when it does not parse.
+    BodyTooLarge past `max_size`; BodyStalled when no byte came for `idle` seconds;
+    MalformedBody when it does not parse.
     """
     ctype = request.content_type
     if not request.body_exists or not parses_body(ctype):
@@ -354,7 +362,14 @@ async def read_body_form(request: web.Request, max_size: int) -> BodyForm | None
     if (request.content_length or 0) > max_size:
         raise BodyTooLarge(f"a {ctype} body over {max_size} bytes is not accepted here")
     chunks, size = [], 0
-    while chunk := await request.content.readany():
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise BodyStalled(f"the body stalled for {idle:g} s") from None
+        if not chunk:
+            break
         size += len(chunk)
         if size > max_size:
             raise BodyTooLarge(f"a {ctype} body over {max_size} bytes is not accepted here")

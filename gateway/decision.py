@@ -43,6 +43,7 @@ class Reason(StrEnum):
     MALFORMED_CREDENTIAL = "malformed_credential"
     MALFORMED_BODY = "malformed_body"
     BODY_TOO_LARGE = "body_too_large"
+    BODY_STALLED = "body_stalled"
     AMBIGUOUS_TOKEN = "ambiguous_token"
     TOKEN_OUTSIDE_PLACES = "token_outside_credential_places"
     METHOD_OVERRIDE = "method_override"

@@ -208,7 +208,7 @@ async def _evaluate(
         # framework behind reads it as parameters)
         if not route.upload or request.content_type == URLENCODED:
             if read_body:
-                body = await read_body_form(request, config.max_form_body)
+                body = await read_body_form(request, config.max_form_body, config.body_idle_timeout)
             elif parses_body(request.content_type):
                 raise Refused(Reason.FORWARD_AUTH_UNSTRIPPABLE, UNREAD_BODY)
         if body is not None:

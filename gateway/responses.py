@@ -33,7 +33,8 @@ def bad_request(detail: str) -> web.Response:
     return json_error(400, f"400 Bad request - {detail}")
 
 
-_PHRASES = {400: "Bad request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large"}
+_PHRASES = {400: "Bad request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+            413: "Payload Too Large"}  # fmt: skip
 
 
 def refused(rule: str, detail: str, status: int = 400) -> web.Response:

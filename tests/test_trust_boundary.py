@@ -429,3 +429,18 @@ async def test_a_multipart_body_without_a_token_field_is_forwarded_as_sent(
     status, _, _ = await send(gateway, f"POST {TRIGGER} HTTP/1.1",
                               [jt(world), ("Content-Type", MULTIPART)], body)  # fmt: skip
     assert status == 200 and upstream.last.body == body
+
+
+async def test_a_stalled_form_body_is_a_408(
+    make_gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    """A parsed body is read under `limits.body_idle_timeout` too, as a streamed one is."""
+    gateway = await make_gateway(limits={"body_idle_timeout": 0.3})
+    reader, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
+    writer.write(f"POST {TRIGGER} HTTP/1.1\r\nHost: gw\r\nJOB-TOKEN: {world.tokens['100']}\r\n"
+                 "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode())  # fmt: skip
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(4096), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 408") and b"body_stalled" in answer
+    assert upstream.requests == []
