@@ -19,11 +19,12 @@ from . import responses
 from .authorize import Authorizer
 from .cache import DecisionCache, follow_invalidations
 from .config import Config
-from .observe import Metrics, RequestLog, access_log
+from .credentials import candidate_tokens, parse_query
+from .observe import Metrics, RequestLog, access_log, mask
 from .pipeline import Gateway, handle
 from .protocols import registry
 from .protocols.forward_auth import FORWARD_AUTH_PATH, forward_auth
-from .proxy import REQUEST_ID
+from .proxy import REQUEST_ID, client_address
 from .requestid import next_request_id
 from .runtime import Runtime
 from .store import Store, connect
@@ -42,7 +43,9 @@ def observed(handler: Handler, gateway: Gateway) -> Callable[[web.Request], Awai
         from_client = 0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()
         if not from_client:
             request_id = next_request_id()
-        request_log = RequestLog(request_id, request.method, request.raw_path, request.remote)
+        trusted = gateway.runtime.config.trusted_proxies
+        remote = client_address(request.remote, request.headers, trusted) if trusted else request.remote
+        request_log = RequestLog(request_id, request.method, request.raw_path, remote)
         if from_client:
             request_log.id_from_client = True
         metrics.started()
@@ -58,14 +61,18 @@ def observed(handler: Handler, gateway: Gateway) -> Callable[[web.Request], Awai
             if isinstance(exc, ConnectionResetError):
                 request_log.status = 499
                 raise
-            log.error("unhandled %s in request %s", type(exc).__name__, request_id)
+            if not request_log.secrets:  # failed before the credential was read: read its places now
+                request_log.tokens = candidate_tokens(request.headers, parse_query(request.query_string))
+            shown = mask(request_id, *request_log.secrets) if from_client else request_id
+            log.error("unhandled %s in request %s", type(exc).__name__, shown)
             request_log.status = 500
             return responses.json_error(500, "500 Internal Server Error")
         finally:
             request_log.seconds = time.perf_counter() - request_log.started
             metrics.finish(request_log)  # counted and logged at the next fold
         if not response.prepared:  # a proxied response carries it already (see proxy.Forward)
-            response.headers[REQUEST_ID] = request_id
+            shown = mask(request_id, *request_log.secrets) if from_client else request_id
+            response.headers[REQUEST_ID] = shown
         return response
 
     return observe

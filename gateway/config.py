@@ -7,6 +7,7 @@ URL, got 'git.local'``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -158,6 +159,12 @@ class ScopeConfig:
     registry_push_in_scope: bool = False
 
 
+#: The proxies whose forward-auth description headers jobgate can read (`forward_auth.proxy`).
+FORWARD_AUTH_PROXIES = ("nginx", "traefik", "envoy")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole gateway configuration."""
@@ -188,6 +195,10 @@ class Config:
         if upstream is None and name in FALLBACK_UPSTREAMS:
             return self.upstreams.get("api")
         return upstream
+    #: The proxy kind that calls `/-/auth` (None: forward-auth is off, `/-/auth` is a 404).
+    forward_auth_proxy: str | None = None
+    #: Peers whose Forwarded / X-Forwarded-* / X-Real-IP headers are believed (default none).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     def __repr__(self) -> str:
         return (
@@ -342,7 +353,7 @@ class _Reader:
 _TOP = {
     "listen", "admin_listen", "metrics_listen", "redis", "upstreams", "scope",
     "admin_token", "explain", "tls", "limits", "public_url", "registry", "cache", "admin_public",
-    "web_url",
+    "web_url", "forward_auth", "trusted_proxies",
 }
 _UPSTREAM = {
     "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
@@ -475,6 +486,16 @@ def parse_config(
     body_idle_timeout = r.get(ld, "limits", "body_idle_timeout", r.positive, 60.0)
     public_url = r.get(top, "", "public_url", r.http_url, None)
     web_url = r.get(top, "", "web_url", r.http_url, None)
+    fd = r.section(top.get("forward_auth"), "forward_auth", {"proxy"})
+    forward_auth_proxy = r.get(fd, "forward_auth", "proxy", r.string, None)
+    if forward_auth_proxy is not None and forward_auth_proxy not in FORWARD_AUTH_PROXIES:
+        r.problem("forward_auth.proxy", f"expected one of {', '.join(FORWARD_AUTH_PROXIES)}, "
+                  f"got {forward_auth_proxy!r}")  # fmt: skip
+        forward_auth_proxy = None
+    if top.get("forward_auth") is not None and "proxy" not in fd:
+        kinds = ", ".join(FORWARD_AUTH_PROXIES)
+        r.problem("forward_auth.proxy", f"required when forward_auth is set ({kinds})")
+    trusted_proxies = _networks(r, "trusted_proxies", top.get("trusted_proxies"))
 
     if r.problems or listen is None:
         raise ConfigError(r.problems)
@@ -498,6 +519,8 @@ def parse_config(
         body_idle_timeout=body_idle_timeout,
         public_url=public_url,
         web_url=web_url,
+        forward_auth_proxy=forward_auth_proxy,
+        trusted_proxies=trusted_proxies,
     )
 
 
@@ -520,6 +543,22 @@ def restart_keys(running: Config, new: Config) -> list[str]:
         "cache.ttl": (running.cache.ttl > 0, new.cache.ttl > 0),  # turning the cache on or off
     }
     return [key for key in RESTART_KEYS if pairs[key][0] != pairs[key][1]]
+
+
+def _networks(r: _Reader, key: str, raw: Any) -> tuple[IPNetwork, ...]:
+    """A list of CIDRs (a bare address is a /32 or /128); each bad entry is a problem."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        r.problem(key, f"expected a list of CIDRs (e.g. [10.0.0.0/8]), got {type(raw).__name__}")
+        return ()
+    networks = []
+    for i, item in enumerate(raw):
+        try:
+            networks.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            r.problem(f"{key}[{i}]", f"expected a CIDR such as 10.0.0.0/8, got {item!r}")
+    return tuple(networks)
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

@@ -8,22 +8,26 @@ applies only when no other place of the table could carry anything.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
 import json
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 from typing import Any, NamedTuple
-from urllib.parse import parse_qsl, unquote_plus
+from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import web
+from aiohttp.base_protocol import BaseProtocol
 from multidict import MultiMapping, istr
 
 CI_USER = "gitlab-ci-token"
 JOB_TOKEN_HEADER = "JOB-TOKEN"
+JOB_TOKEN_UNDERSCORE_HEADER = "JOB_TOKEN"  # CGI maps it to HTTP_JOB_TOKEN, as JOB-TOKEN
 JOB_TOKEN_PARAM = "job_token"
 TOKEN_PARAM = "token"
 AUTHORIZATION = istr("Authorization")
@@ -33,8 +37,10 @@ class Source(StrEnum):
     """Where in a request a token was found."""
 
     HEADER = "header"
+    HEADER_UNDERSCORE = "header_underscore"
     JOB_TOKEN_PARAM = "job_token_param"
     TOKEN_PARAM = "token_param"
+    FORM_JOB_TOKEN = "form_job_token"
     FORM = "form"
     BASIC = "basic"
     BEARER = "bearer"
@@ -45,18 +51,17 @@ class Where(Enum):
 
     HEADER = "header"  # a request header of its own
     QUERY = "query"  # a query parameter
-    FORM = "form"  # a field of the request body (form or JSON)
+    FORM = "form"  # a top-level field of the request body (form or JSON)
     AUTHORIZATION = "authorization"  # a scheme of the Authorization header
 
 
 @dataclass(frozen=True, slots=True)
 class Place:
-    """One place a token can travel: the part of the request, its name there, which routes read it."""
+    """One place a token can travel: the part of the request and its name there."""
 
     source: Source
     where: Where
     name: str  # header name, parameter or field name, or Authorization scheme (lower case)
-    token_param_only: bool = False  # only on routes that take the trigger's `token`
 
     @property
     def header(self) -> str | None:
@@ -66,13 +71,16 @@ class Place:
         return "authorization" if self.where is Where.AUTHORIZATION else None
 
 
-#: Every place a token is read from, in GitLab's order of precedence (which never decides:
-#: two different tokens are refused).
+#: Every place GitLab reads a job token from (`lib/gitlab/auth/auth_finders.rb`), in its
+#: order of precedence (which never decides: two different tokens are refused). Every
+#: job-token route reads every place; bodies only where a route parses its body.
 PLACES: tuple[Place, ...] = (
     Place(Source.HEADER, Where.HEADER, JOB_TOKEN_HEADER),
+    Place(Source.HEADER_UNDERSCORE, Where.HEADER, JOB_TOKEN_UNDERSCORE_HEADER),
     Place(Source.JOB_TOKEN_PARAM, Where.QUERY, JOB_TOKEN_PARAM),
-    Place(Source.TOKEN_PARAM, Where.QUERY, TOKEN_PARAM, token_param_only=True),
-    Place(Source.FORM, Where.FORM, TOKEN_PARAM, token_param_only=True),
+    Place(Source.TOKEN_PARAM, Where.QUERY, TOKEN_PARAM),
+    Place(Source.FORM_JOB_TOKEN, Where.FORM, JOB_TOKEN_PARAM),
+    Place(Source.FORM, Where.FORM, TOKEN_PARAM),
     Place(Source.BASIC, Where.AUTHORIZATION, "basic"),
     Place(Source.BEARER, Where.AUTHORIZATION, "bearer"),
 )
@@ -83,10 +91,56 @@ _CARRIER_HEADERS = tuple(istr(name) for name in dict.fromkeys(p.header for p in 
 _LONE_HEADER = istr(JOB_TOKEN_HEADER.lower())  # equal to its entry in _CARRIER_HEADERS
 _OTHER_CARRIERS = tuple(name for name in _CARRIER_HEADERS if name != _LONE_HEADER)
 _ALONE = {source: frozenset({source}) for source in Source}
+#: The body fields that are credential places.
+FORM_PLACES = frozenset(p.name for p in PLACES if p.where is Where.FORM)
+#: The query parameters that are credential places, and their sources.
+QUERY_PLACES = frozenset(p.name for p in PLACES if p.where is Where.QUERY)
+QUERY_SOURCES = frozenset(p.source for p in PLACES if p.where is Where.QUERY)
+_HEADER_PLACES = tuple(istr(p.name) for p in PLACES if p.where is Where.HEADER)
+#: Shorter values in a credential place are no token worth masking (every "1" of a log
+#: line would go); jobgate's tokens are over 40 characters.
+MIN_MASKED_LENGTH = 8
 
 
 class CredentialError(Exception):
-    """The request's credentials are malformed or ambiguous: answered with 400."""
+    """The request's credentials or body are malformed or ambiguous: refused.
+
+    `rule` names the refusal (a `decision.Reason` value); `tokens` are the candidate
+    tokens seen, so that the logs can mask every one of them.
+    """
+
+    rule = "malformed_credential"
+    status = 400
+
+    def __init__(self, message: str, tokens: Collection[str] = ()) -> None:
+        super().__init__(message)
+        self.tokens = tuple(tokens)
+
+
+class AmbiguousToken(CredentialError):
+    """Two different tokens in one request."""
+
+    rule = "ambiguous_token"
+
+
+class MalformedBody(CredentialError):
+    """A body that claims a form or JSON type but does not parse as one."""
+
+    rule = "malformed_body"
+
+
+class BodyStalled(CredentialError):
+    """A form or JSON body that stopped arriving for longer than `limits.body_idle_timeout`."""
+
+    rule = "body_stalled"
+    status = 408
+
+
+class BodyTooLarge(CredentialError):
+    """A form or JSON body over `limits.max_form_body` on a route that parses its body."""
+
+    rule = "body_too_large"
+    status = 413
 
 
 class Credential(NamedTuple):
@@ -99,17 +153,55 @@ class Credential(NamedTuple):
         return f"Credential(token='[MASKED]', sources={sorted(self.sources)})"
 
 
-def query_places(token_param: bool) -> frozenset[str]:
-    """The query parameters that may carry a token on a route (`token_param`: the trigger's too)."""
-    return frozenset(
-        p.name for p in PLACES if p.where is Where.QUERY and (token_param or not p.token_param_only)
-    )
-
-
 @functools.cache
 def carrier_headers(sources: frozenset[Source]) -> frozenset[str]:
     """The request headers (lower case) that carried a token found in `sources`."""
     return frozenset(header for s in sources if (header := _BY_SOURCE[s].header) is not None)
+
+
+_QUERY_SEPARATOR = re.compile(r"([&;] *)")  # Rack 2.2's DEFAULT_SEP: /[&;] */n
+
+
+def parse_query(raw_query: str, separators: str = "&;") -> list[tuple[str, str]]:
+    """The parameters of a raw query as Rack reads them: pairs split on `&` and `;` (spaces
+    after a separator dropped), names and values `+`- and percent-decoded, in order."""
+    if not raw_query:
+        return []
+    pieces = _QUERY_SEPARATOR.split(raw_query) if separators == "&;" else raw_query.split(separators)
+    pairs = []
+    for piece in pieces[::2] if separators == "&;" else pieces:
+        if piece:
+            name, _, value = piece.partition("=")
+            pairs.append((unquote_plus(name), unquote_plus(value)))
+    return pairs
+
+
+def base_name(name: str) -> str:
+    """A parameter's name as Rack's nested parser files it (`ref[]`, `ref[x]` -> `ref`)."""
+    return name.partition("[")[0] if "[" in name else name
+
+
+def split_authorization(value: str) -> tuple[str, str]:
+    """An Authorization value's scheme (lower case) and parameter, split on any run of
+    whitespace as Ruby's `split(" ", 2)` does."""
+    parts = value.split(None, 1)
+    if not parts:
+        return "", ""
+    return parts[0].lower(), parts[1].strip() if len(parts) > 1 else ""
+
+
+def candidate_tokens(headers: MultiMapping[str], query: Collection[tuple[str, str]]) -> tuple[str, ...]:
+    """Every value a header or query credential place holds, unchecked: what the logs mask
+    from the start, whatever the request turns out to be (unmatched, malformed, ambiguous)."""
+    found = [v.strip() for name in _HEADER_PLACES for v in headers.getall(name, ())]
+    found += [v for k, v in query if base_name(k) in QUERY_PLACES]
+    for value in headers.getall(AUTHORIZATION, ()):
+        scheme, rest = split_authorization(value)
+        if scheme == "bearer":
+            found.append(rest)
+        elif (decoded := basic_text(value)) is not None:
+            found.append(decoded.partition(":")[2])
+    return tuple(t for t in found if len(t) >= MIN_MASKED_LENGTH)
 
 
 def _basic_password(value: str) -> tuple[str, str]:
@@ -123,35 +215,43 @@ def _basic_password(value: str) -> tuple[str, str]:
     return user, password
 
 
-def _from_authorization(values: Collection[str], bearer: bool) -> list[tuple[Source, str]]:
-    found = []
-    for value in values:
-        scheme, _, rest = value.strip().partition(" ")
-        scheme = scheme.lower()
-        if scheme == _BY_SOURCE[Source.BASIC].name:
-            user, password = _basic_password(rest)
-            if user == CI_USER:
-                found.append((Source.BASIC, password))
-        elif scheme == _BY_SOURCE[Source.BEARER].name and bearer and rest.strip():
-            found.append((Source.BEARER, rest.strip()))
-    return found
+def authorization_token(value: str, bearer: bool = True) -> tuple[Source, str] | None:
+    """The job token one Authorization value carries (Basic `gitlab-ci-token`, or Bearer
+    when `bearer`), or None when it carries none; CredentialError when it is malformed."""
+    scheme, rest = split_authorization(value)
+    if scheme == _BY_SOURCE[Source.BASIC].name:
+        user, password = _basic_password(rest)
+        return (Source.BASIC, password) if user == CI_USER else None
+    if scheme == _BY_SOURCE[Source.BEARER].name and bearer and rest:
+        return Source.BEARER, rest
+    return None
+
+
+def basic_text(value: str) -> str | None:
+    """The decoded `user:password` of a Basic Authorization value, if it is one."""
+    scheme, rest = split_authorization(value)
+    if scheme != "basic":
+        return None
+    try:
+        return base64.b64decode(rest, validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError):
+        return None
 
 
 def extract_credential(
     headers: MultiMapping[str],
     query: MultiMapping[str],
     *,
-    token_param: bool = False,
     form: Mapping[str, list[str]] | None = None,
     bearer: bool = True,
     max_length: int = 1024,
 ) -> Credential | None:
     """The single token a request carries, or None when it carries none.
 
-    `token_param` admits the places only the trigger endpoint reads (its `token`, query or
-    `form`); `bearer` admits `Authorization: Bearer` (off where a bearer is the protocol's
-    own token, e.g. the registry's). Two different tokens are ambiguous and rejected, never
-    resolved by precedence.
+    `form` holds the body's credential fields when the route parses its body; `bearer`
+    admits `Authorization: Bearer` (off where a bearer is the protocol's own token, e.g.
+    the registry's). Two different tokens are ambiguous and rejected, never resolved by
+    precedence.
     """
     if not query and not form and _LONE_HEADER in headers:
         for other in _OTHER_CARRIERS:
@@ -161,16 +261,13 @@ def extract_credential(
             lone = headers.getall(_LONE_HEADER)
             if len(lone) == 1:
                 return Credential(_checked(lone[0].strip(), max_length), _ALONE[Source.HEADER])
-    return scan_places(
-        headers, query, token_param=token_param, form=form, bearer=bearer, max_length=max_length
-    )
+    return scan_places(headers, query, form=form, bearer=bearer, max_length=max_length)
 
 
 def scan_places(
     headers: MultiMapping[str],
     query: MultiMapping[str],
     *,
-    token_param: bool = False,
     form: Mapping[str, list[str]] | None = None,
     bearer: bool = True,
     max_length: int = 1024,
@@ -178,21 +275,25 @@ def scan_places(
     """`extract_credential` without its fast path: every place of the table, read in turn."""
     found: list[tuple[Source, str]] = []
     for place in PLACES:
-        if place.token_param_only and not token_param:
-            continue
         if place.where is Where.HEADER:
             found += [(place.source, v.strip()) for v in headers.getall(place.name, ())]
-        elif place.where is Where.QUERY:
-            found += [(place.source, v) for v in query.getall(place.name, ())]
+        elif place.where is Where.QUERY:  # by Rack's base name: `job_token[]` is `job_token`
+            found += [(place.source, v) for k, v in query.items() if base_name(k) == place.name]
         elif place.where is Where.FORM:
             found += [(place.source, v) for v in (form or {}).get(place.name, ())]
-    found += _from_authorization(headers.getall(AUTHORIZATION, ()), bearer)
+    for value in headers.getall(AUTHORIZATION, ()):
+        if (carried := authorization_token(value, bearer)) is not None:
+            found.append(carried)
     if not found:
         return None
     tokens = {token for _, token in found}
     if len(tokens) > 1:
-        raise CredentialError("the request carries more than one different token")
-    token = _checked(tokens.pop(), max_length)
+        raise AmbiguousToken("the request carries more than one different token", tokens)
+    token = tokens.pop()
+    try:
+        token = _checked(token, max_length)
+    except CredentialError as exc:
+        raise CredentialError(str(exc), (token,)) from None
     return Credential(token, frozenset(source for source, _ in found))
 
 
@@ -206,61 +307,156 @@ def _checked(token: str, max_length: int) -> str:
     if not token:
         raise CredentialError("empty token")
     if len(token) > max_length:
-        raise CredentialError("token too long")
+        raise CredentialError("token too long", (token,))
     if not token.isascii() or not token.isprintable() or " " in token:
-        raise CredentialError("malformed token")
+        raise CredentialError("malformed token", (token,))
     return token
 
 
 def filter_query(raw_query: str, drop: Collection[str]) -> str:
-    """The raw query string without the named parameters, other bytes untouched."""
+    """The raw query string without the named parameters (split as `parse_query` splits it,
+    names compared decoded and by their Rack base name), other bytes untouched."""
     if not raw_query or not drop:
         return raw_query
-    kept = [
-        pair for pair in raw_query.split("&") if pair and unquote_plus(pair.partition("=")[0]) not in drop
-    ]
-    return "&".join(kept)
+    pieces = _QUERY_SEPARATOR.split(raw_query)
+    kept: list[str] = []
+    for i in range(0, len(pieces), 2):
+        piece = pieces[i]
+        if not piece or base_name(unquote_plus(piece.partition("=")[0])) in drop:
+            continue
+        if kept:
+            kept.append(pieces[i - 1])
+        kept.append(piece)
+    return "".join(kept)
 
 
-#: A form's token fields and the body to forward without them (None: forward the body as it is).
-FormTokens = tuple[dict[str, list[str]], Any]
+_JSON_TYPES = frozenset({"application/json", "text/x-json", "application/jsonrequest"})
+URLENCODED = "application/x-www-form-urlencoded"
+_FORM_TYPES = frozenset({URLENCODED, "multipart/form-data"})
+_MALFORMED = (ValueError, LookupError, RuntimeError, AssertionError, RecursionError)
 
 
-async def read_token_form(request: web.Request) -> FormTokens:
-    """The form places of a request body (url-encoded, multipart or JSON) and the body without them."""
-    names = {p.name for p in PLACES if p.where is Where.FORM}
+def parses_body(content_type: str) -> bool:
+    """True when a body of this media type is read as parameters (form or JSON) by GitLab's
+    stack (Rack's form parsers, Rails/Grape's JSON parser)."""
+    return content_type in _FORM_TYPES or content_type in _JSON_TYPES or content_type.endswith("+json")
+
+
+@dataclass(frozen=True, slots=True)
+class BodyForm:
+    """A request body read as parameters: its fields, every other string in it, its token
+    fields, and the body to forward with and without them."""
+
+    fields: tuple[tuple[str, str], ...]  # top-level fields with string values, in order
+    strings: tuple[str, ...]  # every string in the body outside the token fields (names too)
+    tokens: dict[str, list[str]]  # the credential places' values
+    raw: bytes  # the body as received
+    stripped: Any  # the body without its token fields (bytes or an aiohttp.FormData)
+
+
+async def read_body_form(request: web.Request, max_size: int, idle: float = 60.0) -> BodyForm | None:
+    """The body as parameters when its type is one GitLab parses (None otherwise: it streams).
+
+    BodyTooLarge past `max_size`; BodyStalled when no byte came for `idle` seconds;
+    MalformedBody when it does not parse.
+    """
     ctype = request.content_type
-    if ctype == "application/x-www-form-urlencoded":
-        raw = (await request.read()).decode("latin-1")
-        pairs = parse_qsl(raw, keep_blank_values=True)
-        return {n: [v for k, v in pairs if k == n] for n in names}, filter_query(raw, names).encode("latin-1")
-    if ctype == "multipart/form-data":
-        post = await request.post()
-        form = aiohttp.FormData(default_to_multipart=True)
-        tokens: dict[str, list[str]] = {n: [] for n in names}
-        for key, value in post.items():
-            if key in names and isinstance(value, str):
-                tokens[key].append(value)
-            elif isinstance(value, web.FileField):
-                form.add_field(
-                    key, value.file.read(), filename=value.filename, content_type=value.content_type
-                )
-            else:
-                form.add_field(key, value)
-        return tokens, form
-    if ctype == "application/json":
-        raw_json = await request.read()
+    if not request.body_exists or not parses_body(ctype):
+        return None
+    if (request.content_length or 0) > max_size:
+        raise BodyTooLarge(f"a {ctype} body over {max_size} bytes is not accepted here")
+    chunks, size = [], 0
+    while True:
         try:
-            data = json.loads(raw_json)
-        except (ValueError, UnicodeDecodeError):
-            raise CredentialError("malformed JSON body") from None
-        if not isinstance(data, dict) or not names & data.keys():
-            return {}, raw_json
-        found: dict[str, list[str]] = {}
-        for name in names & data.keys():
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise BodyStalled(f"the body stalled for {idle:g} s") from None
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > max_size:
+            raise BodyTooLarge(f"a {ctype} body over {max_size} bytes is not accepted here")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        if ctype == "multipart/form-data":
+            return await _multipart(request, raw)
+        if ctype in _FORM_TYPES:
+            return _urlencoded(request, raw)
+        return _json(raw)
+    except CredentialError:
+        raise
+    except _MALFORMED as exc:
+        raise MalformedBody(f"malformed {ctype} body ({type(exc).__name__})") from None
+
+
+def _urlencoded(request: web.Request, raw: bytes) -> BodyForm:
+    charset = request.charset or "utf-8"
+    text = raw.decode(charset)  # LookupError / UnicodeDecodeError: malformed
+    pairs = parse_query(text, "&")  # Rack splits a form body on `&` only
+    tokens = {n: [v for k, v in pairs if base_name(k) == n] for n in FORM_PLACES}
+    strings = tuple(x for k, v in pairs for x in ((k,) if base_name(k) in FORM_PLACES else (k, v)))
+    stripped = filter_query(text, FORM_PLACES).encode(charset) if any(tokens.values()) else raw
+    return BodyForm(tuple(pairs), strings, tokens, raw, stripped)
+
+
+async def _multipart(request: web.Request, raw: bytes) -> BodyForm:
+    loop = asyncio.get_running_loop()
+    stream = aiohttp.StreamReader(BaseProtocol(loop), 1 << 16, loop=loop)
+    stream.feed_data(raw)
+    stream.feed_eof()
+    reader = aiohttp.MultipartReader(request.headers, stream)
+    form = aiohttp.FormData(default_to_multipart=True)
+    fields: list[tuple[str, str]] = []
+    strings: list[str] = []
+    tokens: dict[str, list[str]] = {n: [] for n in FORM_PLACES}
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, aiohttp.BodyPartReader):
+            raise MalformedBody("nested multipart body")
+        if part.name is None:
+            raise MalformedBody("a multipart part without a name")
+        data = bytes(await part.read(decode=True))
+        if part.filename is None:
+            value = data.decode(part.get_charset("utf-8"))
+            fields.append((part.name, value))
+            if base_name(part.name) in FORM_PLACES:
+                tokens[base_name(part.name)].append(value)
+                strings.append(part.name)
+                continue
+            strings += (part.name, value)
+            form.add_field(part.name, value)
+        else:
+            strings += (part.name, part.filename, data.decode("latin-1"))
+            ctype = part.headers.get("Content-Type", "application/octet-stream")
+            form.add_field(part.name, data, filename=part.filename, content_type=ctype)
+    return BodyForm(tuple(fields), tuple(strings), tokens, raw, form if any(tokens.values()) else raw)
+
+
+def _json(raw: bytes) -> BodyForm:
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise MalformedBody("a JSON body that is not UTF-8") from None
+    tokens: dict[str, list[str]] = {}
+    fields: list[tuple[str, str]] = []
+    if isinstance(data, dict):
+        for name in FORM_PLACES & data.keys():
             token = data.pop(name)
             if not isinstance(token, str):
                 raise CredentialError(f"{name} must be a string")
-            found[name] = [token]
-        return found, json.dumps(data).encode()
-    return {}, None
+            tokens[name] = [token]
+        fields = [(k, v) for k, v in data.items() if isinstance(v, str)]
+    strings = [*tokens]
+    pending = [data]
+    while pending:  # every string at any depth, without recursion
+        item = pending.pop()
+        if isinstance(item, str):
+            strings.append(item)
+        elif isinstance(item, dict):
+            strings += item.keys()
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+    stripped = json.dumps(data).encode() if tokens else raw
+    return BodyForm(tuple(fields), tuple(strings), tokens, raw, stripped)

@@ -39,6 +39,22 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     STORE_UNAVAILABLE = "store_unavailable"
     INVALID_REGISTRY_TOKEN = "invalid_registry_token"
+    #: Refusals at the trust boundary (docs/reliability.md): requests that jobgate and the
+    #: upstream (or the proxy in front) could read differently, and malformed input.
+    MALFORMED_PATH = "malformed_path"
+    MALFORMED_CREDENTIAL = "malformed_credential"
+    MALFORMED_BODY = "malformed_body"
+    BODY_TOO_LARGE = "body_too_large"
+    BODY_STALLED = "body_stalled"
+    AMBIGUOUS_TOKEN = "ambiguous_token"
+    TOKEN_OUTSIDE_PLACES = "token_outside_credential_places"
+    METHOD_OVERRIDE = "method_override"
+    DUPLICATE_PARAMETER = "duplicate_parameter"
+    REPOSITORY_NAME_INVALID = "repository_name_invalid"
+    GIT_PATH_NOT_PROJECT = "git_path_not_project"
+    FORWARD_AUTH_OFF = "forward_auth_off"
+    FORWARD_AUTH_AMBIGUOUS = "forward_auth_ambiguous"
+    FORWARD_AUTH_UNSTRIPPABLE = "forward_auth_unstrippable_token"
 
 
 #: Reasons that mean "this credential cannot act at all": protocols re-challenge for these.

@@ -10,12 +10,15 @@ import argparse
 import json
 import time
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from multidict import CIMultiDict, MultiDict
 
 from .admin import CliSettings, add_where_options, run_cli
+from .boundary import Refused, refuse_duplicates, refuse_method_override, refuse_repository_name
 from .config import ScopeConfig
+from .credentials import parse_query
 from .decision import Check, Decision, decide
 from .responses import denial
 from .routes import PathError, Protocol, match, split_path
@@ -71,9 +74,17 @@ async def _explain(store: Store, args: argparse.Namespace, scope: ScopeConfig) -
         segments = split_path(parts.path or "/")
     except PathError as exc:
         return 2, f"request   {method} {parts.path}\ndecision  400 ({exc})"
-    matched = match(method, segments, dict(parse_qsl(parts.query)))
+    pairs = parse_query(parts.query)
+    matched = match(method, segments, MultiDict(pairs))
     if matched is None:
         return 1, f"request   {method} {parts.path}\nroute     none (unlisted)\ndecision  DENY (404)"
+    try:  # what the gateway refuses before judging, as far as a URL shows it
+        refuse_repository_name(matched)
+        refuse_method_override(method, CIMultiDict(), pairs)
+        refuse_duplicates(matched, pairs)
+    except Refused as exc:
+        return 2, f"request   {method} {parts.path}\nroute     {matched.route.name}\n" \
+                  f"decision  REFUSED {exc.status} ({exc.reason.value}: {exc.detail})"
     if args.job is not None:
         locator = await store.job_credential_key(args.job)
         if locator is None:

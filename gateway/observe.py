@@ -13,6 +13,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Coroutine
 from json.encoder import encode_basestring_ascii
 from typing import Any
+from urllib.parse import unquote_plus
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -26,6 +27,12 @@ MASK = "[MASKED]"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "LOCK", "UNLOCK"})
 _SECRET_PARAMS = re.compile(r"(?i)((?:^|[?&;])(?:job_token|token|private_token|access_token)=)[^&#\s\"\\]*")
 _USERINFO = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://)[^/@\s\"\\]*@")
+#: jobgate's own token shapes (`model.JOB_TOKEN_PREFIX`, `TRIGGER_TOKEN_PREFIX`): masked
+#: wherever they appear, also where no credential place carried them (a path, a header).
+_TOKEN_SHAPE = re.compile(r"gl(?:cbt|ptt)-[A-Za-z0-9_-]+")
+#: A piece of a URL between delimiters: percent-decoded before it is compared with a token.
+_URL_PIECE = re.compile(r"[^/?&;=#]+")
+_SECRET_NAMES = frozenset({"job_token", "token", "private_token", "access_token"})
 
 PIPE_BUF = 4096
 _NO_DECISION = '"reason":null,"job_id":null,"source_project":null,"target_project":null'
@@ -77,15 +84,43 @@ logger = logging.getLogger("jobgate")
 
 
 def mask(text: str, *tokens: str | None) -> str:
-    """`text` with every known token, secret query value and URL userinfo replaced by [MASKED]."""
+    """`text` with every known token (also percent-encoded), every jobgate-shaped token, secret
+    query value (also under an encoded name) and URL userinfo replaced by [MASKED]."""
     for token in tokens:
         if token:
             text = text.replace(token, MASK)
+    if "%" in text or "+" in text:
+        text = _mask_encoded(text, [t for t in tokens if t])
+    if "gl" in text:
+        text = _TOKEN_SHAPE.sub(MASK, text)
     lowered = text.lower()
     if "token=" in lowered:
         text = _SECRET_PARAMS.sub(lambda m: m.group(1) + MASK, text)
     if "@" in text:
         text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
+    return text
+
+
+def _mask_encoded(text: str, tokens: list[str]) -> str:
+    """Pieces of a URL that decode to a token, or follow a secret name spelled encoded."""
+
+    def piece(match: re.Match[str]) -> str:
+        raw = match.group(0)
+        if "%" not in raw and "+" not in raw:
+            return raw
+        decoded = unquote_plus(raw)
+        if any(t in decoded for t in tokens) or _TOKEN_SHAPE.search(decoded):
+            return MASK
+        return raw
+
+    text = _URL_PIECE.sub(piece, text)
+    if "=" in text:  # `%6Aob_token=value`: a secret parameter under an encoded name
+        text = re.sub(
+            r"(^|[?&;])([^&;=#?/]*)=([^&;#]*)",
+            lambda m: m.group(0) if unquote_plus(m.group(2)).lower() not in _SECRET_NAMES
+            else f"{m.group(1)}{m.group(2)}={MASK}",
+            text,
+        )
     return text
 
 
@@ -355,6 +390,7 @@ class RequestLog:
     bytes_in: int = 0
     bytes_out: int = 0
     token: str | None = None
+    tokens: tuple[str, ...] = ()  # every value a credential place held (masked like the token)
     id_from_client: bool = False  # the request id came from X-Request-Id (masked like the path)
     upstream_seconds: float = 0.0
     seconds: float = 0.0  # from start to the last byte, set when the request ends
@@ -368,6 +404,12 @@ class RequestLog:
 
     def __repr__(self) -> str:
         return f"RequestLog(request_id={self.request_id!r}, route={self.route!r})"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every token this request carried, longest first (a token inside another is masked last)."""
+        found = (self.token, *self.tokens) if self.token else self.tokens
+        return tuple(sorted(set(found), key=len, reverse=True))
 
     def record(self, decision: Decision, fields: str | None = None) -> None:
         """Note the decision: its reason (for metrics) and its access-log fields (`fields`
@@ -389,14 +431,14 @@ class RequestLog:
         """
         if clock_offset is None:
             clock_offset = time.time() - time.perf_counter()
-        token, path, remote, upstream = self.token, self.path, self.remote, self.upstream
+        path, remote, upstream = self.path, self.remote, self.upstream
         remote = "null" if remote is None else _Q + remote + _Q
         upstream = "null" if upstream is None else _Q + upstream + _Q
-        if (token and token in path) or "=" in path or "@" in path:  # what `mask` looks for
-            path = encode_basestring_ascii(mask(path, token))
+        if self.tokens or self.token or "=" in path or "@" in path or "%" in path or "gl" in path:
+            path = encode_basestring_ascii(mask(path, *self.secrets))  # what `mask` looks for
         else:
             path = encode_basestring_ascii(path)
-        request_id = (encode_basestring_ascii(mask(self.request_id, token)) if self.id_from_client
+        request_id = (encode_basestring_ascii(mask(self.request_id, *self.secrets)) if self.id_from_client
                       else f'"{self.request_id}"')  # fmt: skip
         decision = self.decision
         if decision is _NO_DECISION and self.reason is not None:  # answered before a decision

@@ -11,29 +11,42 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from . import responses
 from .authorize import INVALID_REGISTRY_TOKEN, NO_CREDENTIAL, Authorizer, FailureLimiter
+from .boundary import (
+    Refused,
+    refuse_duplicates,
+    refuse_method_override,
+    refuse_repository_name,
+    refuse_token_elsewhere,
+)
 from .cache import DecisionCache, Outcome
 from .config import Config
 from .credentials import (
     AUTHORIZATION,
+    QUERY_SOURCES,
+    URLENCODED,
+    BodyForm,
     Credential,
     CredentialError,
+    candidate_tokens,
     carrier_headers,
     extract_credential,
-    filter_query,  # fmt: skip
-    read_token_form,
+    filter_query,
+    parse_query,
+    parses_body,
+    read_body_form,
 )
-from .decision import Reason
+from .decision import Decision, Reason
 from .job_entity import job_entity
 from .model import RegistryGrant
-from .observe import AccessRecorder, Metrics, RequestLog, mask
-from .proxy import Forward, UpstreamError, forward_request
+from .observe import AccessRecorder, Metrics, RequestLog
+from .proxy import Forward, UpstreamError, forward_request, peer_trusted, valid_host
 from .relay import Transfer
 from .routes import REGISTRY_ACTION_NAMES, PathError, RouteMatch, resolve
 from .routes import Protocol as RouteProtocol
@@ -41,6 +54,7 @@ from .runtime import Runtime
 from .store import Store, StoreUnavailable, credential_key
 
 _NO_QUERY: MultiMapping[str] = MultiDictProxy(MultiDict())
+UNREAD_BODY = "forward-auth cannot read a form or JSON body: send the token in a header"
 
 
 class RegistryTokens(Protocol):
@@ -85,10 +99,10 @@ class CanonicalRequest(NamedTuple):
     method: str
     path: str  # the canonical path (what matched, what the upstream receives)
     raw_query: str  # the query as the client sent it ("" when none)
-    query: MultiMapping[str]
+    query: MultiMapping[str]  # the query as Rack reads it (`&` and `;`, decoded)
     matched: RouteMatch
     credential: Credential | None
-    body: Any = None  # the form without its token, when one was read; None streams the body
+    body: BodyForm | None = None  # the body read as parameters; None streams the body
 
 
 class Admitted(NamedTuple):
@@ -99,9 +113,12 @@ class Admitted(NamedTuple):
 
 
 def realm(request: web.Request, config: Config) -> str:
-    """The registry token endpoint a challenge names."""
-    base = config.public_url or f"{request.scheme}://{request.host}"
-    return base + "/jwt/auth"
+    """The registry token endpoint a challenge names: `public_url`, else the request's own
+    Host when it is a plain host[:port], else the listen address (never an unchecked echo)."""
+    if config.public_url:
+        return config.public_url + "/jwt/auth"
+    host = request.host if valid_host(request.host) else str(config.listen)
+    return f"{request.scheme}://{host}/jwt/auth"
 
 
 def bearer_token(request: web.Request) -> str | None:
@@ -110,20 +127,56 @@ def bearer_token(request: web.Request) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
+def refused(log: RequestLog, exc: Refused) -> web.Response:
+    """The answer to a request refused at the trust boundary, noted in its log."""
+    log.reason = exc.reason
+    return responses.refused(exc.reason.value, exc.detail, exc.status)
+
+
+def git_canonical_path(path: str, repo: str, project_path: str) -> str | None:
+    """A git path with its repository span in the registered project's case (`.git` kept), or
+    None when the span names a repository other than the project (a longer path)."""
+    bare = repo[:-4] if repo.endswith(".git") else repo
+    if bare.lower() != project_path.lower() or not path[1:].startswith(repo):
+        return None
+    return "/" + project_path + repo[len(bare) :] + path[1 + len(repo) :]
+
+
 async def evaluate(
     request: web.Request,
     log: RequestLog,
     gateway: Gateway,
     method: str,
     target: str,
-    query: MultiMapping[str],
     read_body: bool = True,
+    strippable: bool = True,
+    described_by: frozenset[str] = frozenset(),
 ) -> Admitted | web.Response:
     """Normalize, route, authenticate and authorize `method target`; an early answer or `Admitted`.
 
     `target` is the raw path and query of the request being judged: the request's own for
-    the gateway, the original request's in forward-auth mode (`read_body` False there).
+    the gateway, the original request's in forward-auth mode (`read_body` False there: a
+    body GitLab would parse is refused, jobgate cannot read it). `strippable` False: the
+    caller cannot keep a token in the query from the upstream (Traefik, Envoy), so one
+    there is refused. `described_by`: the (lower-case) headers in which a proxy describes
+    the original request (they hold its URI, query token included).
     """
+    try:
+        return await _evaluate(request, log, gateway, method, target, read_body, strippable, described_by)
+    except Refused as exc:
+        return refused(log, exc)
+
+
+async def _evaluate(
+    request: web.Request,
+    log: RequestLog,
+    gateway: Gateway,
+    method: str,
+    target: str,
+    read_body: bool,
+    strippable: bool,
+    described_by: frozenset[str],
+) -> Admitted | web.Response:
     config, metrics = gateway.runtime.config, gateway.metrics
     client = log.remote or ""
     limit = config.failed_auth_per_minute
@@ -132,24 +185,47 @@ async def evaluate(
         log.reason = Reason.RATE_LIMITED
         return responses.too_many(blocked)
     raw_path, _, raw_query = target.partition("?")
+    pairs = parse_query(raw_query)
+    query: MultiMapping[str] = MultiDictProxy(MultiDict(pairs)) if pairs else _NO_QUERY
+    headers = request.headers
+    log.tokens = candidate_tokens(headers, pairs)  # masked in every record, whatever follows
     try:
         matched, path = resolve(method, raw_path, query)
     except PathError as exc:
-        return responses.bad_request(str(exc))
+        raise Refused(Reason.MALFORMED_PATH, str(exc)) from None
     if matched is None:
         return responses.not_found()
     route = matched.route
     log.route = route.name
+    refuse_repository_name(matched)
     is_registry = route.protocol is RouteProtocol.REGISTRY
+    body: BodyForm | None = None
     try:
-        form, body = await read_token_form(request) if route.token_param and read_body else (None, None)
+        # an upload streams its body unparsed, except a url-encoded one (small, and every
+        # framework behind reads it as parameters)
+        if not route.upload or request.content_type == URLENCODED:
+            if read_body:
+                body = await read_body_form(request, config.max_form_body, config.body_idle_timeout)
+            elif parses_body(request.content_type):
+                raise Refused(Reason.FORWARD_AUTH_UNSTRIPPABLE, UNREAD_BODY)
+        if body is not None:
+            log.tokens += tuple(v for values in body.tokens.values() for v in values)
         credential = extract_credential(
-            request.headers, query, token_param=route.token_param, form=form,
+            headers, query, form=body.tokens if body else None,
             bearer=not is_registry, max_length=config.max_token_length,
         )  # fmt: skip
     except CredentialError as exc:
-        return responses.bad_request(str(exc))
+        log.tokens += exc.tokens
+        raise Refused(Reason(exc.rule), str(exc), exc.status) from None
     log.token = credential.token if credential else None
+    params = pairs + list(body.fields) if body else pairs
+    refuse_method_override(method, headers, params)
+    refuse_duplicates(matched, params)
+    if credential is not None:
+        refuse_token_elsewhere(credential, headers, pairs, body, not is_registry, described_by)
+        if not strippable and credential.sources & QUERY_SOURCES:
+            raise Refused(Reason.FORWARD_AUTH_UNSTRIPPABLE,
+                          "this proxy cannot remove a token from the query: send it in a header")  # fmt: skip
     bearer = bearer_token(request) if is_registry and credential is None else None
     grant = gateway.issuer.verify(bearer, time.time()) if bearer else None
     locator = credential_key(credential.token) if credential else grant.key if grant else None
@@ -183,6 +259,13 @@ async def evaluate(
         return responses.denial(
             decision, route.protocol, config.explain, realm(request, config), challenge_scope
         )
+    if route.protocol is RouteProtocol.GIT and decision.target is not None:
+        git_path = git_canonical_path(path, matched.params.get("repo", ""), decision.target.path)
+        if git_path is None:  # a longer path than the project: another repository
+            denied = Decision(Reason.GIT_PATH_NOT_PROJECT, decision.state, action)
+            log.record(denied)
+            return responses.denial(denied, route.protocol)
+        path = git_path
     if decision.reason is not Reason.SAME_PROJECT:  # only cross-project accesses are recorded
         gateway.recorder.note(decision, route.name, gateway.store.record_access)
     canonical = CanonicalRequest(method, path, raw_query, query, matched, credential, body)
@@ -199,9 +282,7 @@ def identity_of(admitted: Admitted) -> Mapping[str, str]:
 
 async def handle(request: web.Request, log: RequestLog, gateway: Gateway) -> web.StreamResponse:
     """Route, authenticate, authorize, then proxy or deny one gateway request."""
-    raw_path = log.path
-    query = request.query if "?" in raw_path else _NO_QUERY  # no parsing for a plain path
-    admitted = await evaluate(request, log, gateway, request.method, raw_path, query)
+    admitted = await evaluate(request, log, gateway, request.method, log.path)
     if not isinstance(admitted, Admitted):  # answered already (a denial, a bad request)
         return admitted
     canonical = admitted.request
@@ -218,7 +299,9 @@ async def handle(request: web.Request, log: RequestLog, gateway: Gateway) -> web
         drop_headers: frozenset[str] = frozenset()
     else:  # a registry token (no credential) travels in Authorization
         drop_headers = carrier_headers(credential.sources) if credential else frozenset({"authorization"})
-    token = credential.token if credential else None
+    if route.protocol is RouteProtocol.REGISTRY:  # a registry token is jobgate's, never the registry's
+        drop_headers |= {"authorization"}
+    body = canonical.body
     forward = Forward(
         upstream=upstream,
         path=upstream.upstream_path(canonical.path) if upstream.path_rewrite else canonical.path,
@@ -227,10 +310,10 @@ async def handle(request: web.Request, log: RequestLog, gateway: Gateway) -> web
         else "",
         drop_headers=drop_headers,
         identity=identity_of(admitted),
-        body=canonical.body,
+        body=None if body is None else body.raw if pass_token else body.stripped,
         body_idle_timeout=runtime.config.body_idle_timeout,
-        # a client's own id goes upstream too, with any token in it masked
-        request_id=mask(log.request_id, token) if log.id_from_client else log.request_id,
+        request_id=log.request_id,  # a client's own: it does not carry the token (refused else)
+        trusted_peer=peer_trusted(request.remote, runtime.config.trusted_proxies),
     )
     transfer = Transfer()
     started = time.perf_counter()

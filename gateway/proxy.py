@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import ipaddress
+import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict, istr
 from yarl import URL
 
-from .config import UpstreamConfig
+from .config import IPNetwork, UpstreamConfig
 from .identity import IDENTITY_PREFIX
 from .relay import Transfer, relay_body, relayable
 
@@ -58,6 +60,57 @@ class Forward:
     identity: Mapping[str, str] = field(default_factory=dict)
     body: Any = None  # a replacement body (form with the token removed); None streams
     request_id: str = ""  # sent upstream and echoed to the client as X-Request-Id
+    trusted_peer: bool = False  # the peer is a trusted proxy: its forwarding headers are kept
+
+
+#: Forwarding headers a client may not set (kept only from a trusted proxy).
+FORWARDING = frozenset({"forwarded", "x-real-ip"})
+FORWARDING_PREFIX = "x-forwarded-"
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?"
+)
+
+
+def valid_host(host: str | None) -> bool:
+    """True when a Host value is a plain host name or IP address with an optional port."""
+    return bool(host) and _HOST.fullmatch(host or "") is not None
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+
+
+def peer_trusted(peer: str | None, trusted: Collection[IPNetwork]) -> bool:
+    """True when the connection's peer is one of `trusted_proxies`."""
+    if not trusted or not peer:
+        return False
+    address = _address(peer)
+    return address is not None and any(address in network for network in trusted)
+
+
+def client_address(
+    peer: str | None, headers: Mapping[str, str], trusted: Collection[IPNetwork]
+) -> str | None:
+    """The client's address: the peer's, or behind trusted proxies the rightmost
+    X-Forwarded-For entry that is not one of them (as nginx `real_ip_recursive`)."""
+    if not peer_trusted(peer, trusted):
+        return peer
+    values = headers.getall("X-Forwarded-For", []) if hasattr(headers, "getall") else []
+    entries = [e.strip() for value in values for e in value.split(",") if e.strip()]
+    for entry in reversed(entries):
+        address = _address(entry)
+        if address is None:
+            return peer  # a malformed entry: nothing left of it can be believed
+        if not any(address in network for network in trusted):
+            return str(address)
+    return str(_address(entries[0])) if entries else peer
+
+
+def _forwarded_node(address: str) -> str:
+    return f'"[{address}]"' if ":" in address else address
 
 
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
@@ -68,24 +121,45 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
 
 
 def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]:
-    """The request headers the upstream sees."""
+    """The request headers the upstream sees.
+
+    Forwarding headers are jobgate's: the client's Forwarded, X-Forwarded-* and X-Real-IP
+    are dropped unless the peer is a trusted proxy (then its chain is extended); the
+    upstream's static `headers:` override the computed ones.
+    """
     drop = HOP_BY_HOP | _connection_tokens(request.headers) | forward.drop_headers
     drop |= {"host", "expect"}
     if forward.body is not None:  # a rebuilt body: aiohttp sets its length (and form type)
         drop |= {"content-length"} if isinstance(forward.body, bytes) else {"content-length", "content-type"}
+    trusted = forward.trusted_peer
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in request.headers.items():
         lower = name.lower()
-        if lower in drop or lower.startswith(IDENTITY_PREFIX) or lower.startswith("x-forwarded-"):
+        if lower in drop or lower.startswith(IDENTITY_PREFIX):
+            continue
+        if not trusted and (lower in FORWARDING or lower.startswith(FORWARDING_PREFIX)):
             continue
         headers.add(name, value)
     if forward.upstream.preserve_host:
         headers["Host"] = request.host
-    forwarded_for = request.headers.get("X-Forwarded-For")
     remote = request.remote or ""
-    headers["X-Forwarded-For"] = f"{forwarded_for}, {remote}" if forwarded_for else remote
-    headers["X-Forwarded-Proto"] = request.headers.get("X-Forwarded-Proto", request.scheme)
-    headers["X-Forwarded-Host"] = request.headers.get("X-Forwarded-Host", request.host)
+    host = request.host if valid_host(request.host) else None
+    proto = request.scheme
+    if trusted:
+        chain = ", ".join(request.headers.getall("X-Forwarded-For", ()))
+        headers["X-Forwarded-For"] = f"{chain}, {remote}" if chain else remote
+        proto = request.headers.get("X-Forwarded-Proto", proto)
+        host = request.headers.get("X-Forwarded-Host", host)
+    else:
+        headers["X-Forwarded-For"] = remote
+    headers["X-Forwarded-Proto"] = proto
+    if host:
+        headers["X-Forwarded-Host"] = host
+    element = f"for={_forwarded_node(remote)};proto={request.scheme}"
+    if valid_host(request.host):
+        element += f';host="{request.host}"'
+    previous = ", ".join(request.headers.getall("Forwarded", ())) if trusted else ""
+    headers["Forwarded"] = f"{previous}, {element}" if previous else element
     headers.extend(forward.identity)  # the client's own X-Jobgate-* headers were dropped above
     if forward.request_id:
         headers[REQUEST_ID] = forward.request_id

@@ -33,6 +33,15 @@ def bad_request(detail: str) -> web.Response:
     return json_error(400, f"400 Bad request - {detail}")
 
 
+_PHRASES = {400: "Bad request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+            413: "Payload Too Large"}  # fmt: skip
+
+
+def refused(rule: str, detail: str, status: int = 400) -> web.Response:
+    """A request refused at the trust boundary, naming the rule; `detail` never holds a token."""
+    return json_error(status, f"{status} {_PHRASES.get(status, 'Refused')} - {rule}: {detail}")
+
+
 def too_many(retry_after: int) -> web.Response:
     """Too many unknown-token attempts from this client."""
     return json_error(429, "429 Too Many Requests", {"Retry-After": str(retry_after)})

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from .credentials import query_places
+from .credentials import QUERY_PLACES
 from .model import DEVELOPER, GUEST, MAINTAINER, REPORTER, TargetRef, is_path_segment
 
 MAX_PATH_LENGTH = 4096
@@ -36,6 +36,8 @@ MAX_REPO_DEPTH = 20
 _SEGMENT_SAFE = "!$&'()*+,;=:@-._~"
 _PLAIN = re.compile(r"[A-Za-z0-9!$&'()*+,;=:@._~-]*")  # segments `quote` would leave as they are
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: An OCI repository name (distribution spec: lower case path components, two or more here).
+OCI_REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+$")
 #: A path every check would pass unchanged: plain segments, no dot segment, no empty inner
 #: segment. Such a path splits on "/" as it is and is already canonical.
 _PLAIN_PATH = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9!$&'()*+,;=:@._~-]+)*/?")
@@ -84,21 +86,25 @@ class Route:
     action: Action | None  # None: no project (answered about the job itself)
     upstream: str = "api"
     protocol: Protocol = Protocol.API
-    token_param: bool = False
+    upload: bool = False  # the body is streamed unparsed (its credential places are not read)
     pipeline_source: bool = False
     local: str | None = None  # answered by jobgate itself
     query: tuple[tuple[str, str], ...] = ()  # required query parameters
     strip_query: tuple[str, ...] = ()  # query parameters never forwarded
+    acts_on: tuple[str, ...] = ()  # parameters (query or body) the upstream acts on for this route
     segments: tuple[str, ...] = field(init=False, repr=False)
     prefix: tuple[str, ...] = field(init=False, repr=False)  # the leading literal segments
     secret_query: frozenset[str] = field(init=False, repr=False)  # dropped unless pass_token
+    #: The parameters the decision depends on (matched or acted on): each may appear once.
+    decision_params: frozenset[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         segments = tuple(self.template[1:].split("/"))
         literal = next((i for i, item in enumerate(segments) if item.startswith("{")), len(segments))
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "prefix", segments[:literal])
-        object.__setattr__(self, "secret_query", query_places(self.token_param) | set(self.strip_query))
+        object.__setattr__(self, "secret_query", QUERY_PLACES | set(self.strip_query))
+        object.__setattr__(self, "decision_params", frozenset(k for k, _ in self.query) | set(self.acts_on))
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +233,7 @@ ROUTES: tuple[Route, ...] = (
         P + "/packages/{rest*}",
         PUSH_PACKAGE,
         upstream="packages",
+        upload=True,
     ),
     Route("packages_delete", methods("DELETE"), P + "/packages/{rest*}", DELETE_PACKAGE, upstream="packages"),
     # jobs and artifacts
@@ -260,8 +267,8 @@ ROUTES: tuple[Route, ...] = (
         P + "/trigger/pipeline",
         TRIGGER_PIPELINE,
         upstream="triggers",
-        token_param=True,
         pipeline_source=True,
+        acts_on=("ref",),
     ),
     Route(
         "trigger_pipeline_ref",
@@ -269,8 +276,8 @@ ROUTES: tuple[Route, ...] = (
         P + "/ref/{ref}/trigger/pipeline",
         TRIGGER_PIPELINE,
         upstream="triggers",
-        token_param=True,
         pipeline_source=True,
+        acts_on=("ref",),
     ),
     Route("releases_read", READ, P + "/releases/{rest*}", READ_RELEASE, upstream="releases"),
     Route(
@@ -294,6 +301,7 @@ ROUTES: tuple[Route, ...] = (
         P + "/terraform/state/{name}",
         WRITE_TF_STATE,
         upstream="terraform",
+        upload=True,
     ),
     Route(
         "terraform_state_lock",
@@ -352,6 +360,8 @@ ROUTES: tuple[Route, ...] = (
         upstream="container_registry",
         protocol=Protocol.REGISTRY,
         strip_query=("mount", "from"),
+        acts_on=("mount", "from"),
+        upload=True,
     ),
     Route(
         "registry_blob_read",
@@ -384,6 +394,7 @@ ROUTES: tuple[Route, ...] = (
         PUSH_IMAGE,
         upstream="container_registry",
         protocol=Protocol.REGISTRY,
+        upload=True,
     ),
     Route(
         "registry_manifest_delete",
@@ -426,6 +437,7 @@ ROUTES: tuple[Route, ...] = (
         CLONE,
         upstream="git",
         protocol=Protocol.GIT,
+        upload=True,
     ),
     Route(
         "git_receive_pack",
@@ -434,6 +446,7 @@ ROUTES: tuple[Route, ...] = (
         PUSH_CODE,
         upstream="git",
         protocol=Protocol.GIT,
+        upload=True,
     ),
 )
 

@@ -30,9 +30,14 @@ def basic(user: str, password: str) -> str:
         ({"JOB-TOKEN": "glcbt-a"}, "", {}, Source.HEADER),
         ({"job-token": "glcbt-a"}, "", {}, Source.HEADER),
         ({}, "job_token=glcbt-a", {}, Source.JOB_TOKEN_PARAM),
-        ({}, "token=glcbt-a", {"token_param": True}, Source.TOKEN_PARAM),
-        ({}, "", {"token_param": True, "form": {"token": ["glcbt-a"]}}, Source.FORM),
+        ({"JOB_TOKEN": "glcbt-a"}, "", {}, Source.HEADER_UNDERSCORE),  # CGI: HTTP_JOB_TOKEN too
+        ({}, "token=glcbt-a", {}, Source.TOKEN_PARAM),  # every job-token route reads `token`
+        ({}, "", {"form": {"token": ["glcbt-a"]}}, Source.FORM),
+        ({}, "", {"form": {"job_token": ["glcbt-a"]}}, Source.FORM_JOB_TOKEN),
         ({"Authorization": basic("gitlab-ci-token", "glcbt-a")}, "", {}, Source.BASIC),
+        # Ruby's split(" ", 2) takes any run of whitespace between scheme and parameter
+        ({"Authorization": "Basic\t" + basic("gitlab-ci-token", "glcbt-a")[6:]}, "", {}, Source.BASIC),
+        ({"Authorization": "  basic   " + basic("gitlab-ci-token", "glcbt-a")[6:]}, "", {}, Source.BASIC),
         ({"Authorization": "Bearer glcbt-a"}, "", {}, Source.BEARER),
         ({"Authorization": "bearer glcbt-a"}, "", {}, Source.BEARER),
     ],
@@ -48,7 +53,6 @@ def test_each_source(headers: dict[str, str], query: str, kw: dict[str, object],
     ("headers", "query", "kw"),
     [
         ({}, "", {}),
-        ({}, "token=glcbt-a", {}),  # `token` counts only on the trigger endpoint
         ({"Authorization": basic("alice", "glcbt-a")}, "", {}),
         ({"Authorization": "Bearer glcbt-a"}, "", {"bearer": False}),
         ({"Authorization": "Digest x"}, "", {}),
@@ -94,7 +98,11 @@ def test_a_lone_header_token_is_the_only_credential_only_when_nothing_else_carri
     both = extract({"JOB-TOKEN": "glcbt-a", "Authorization": "Bearer glcbt-a"})
     assert both is not None and both.sources == {Source.HEADER, Source.BEARER}
     with pytest.raises(CredentialError, match="more than one"):
-        extract({"JOB-TOKEN": "glcbt-a"}, "token=glcbt-b", token_param=True)
+        extract({"JOB-TOKEN": "glcbt-a"}, "token=glcbt-b")
+    with pytest.raises(CredentialError, match="more than one"):
+        extract({"JOB-TOKEN": "glcbt-a"}, "", form={"job_token": ["glcbt-b"]})
+    with pytest.raises(CredentialError, match="more than one"):
+        extract({"JOB-TOKEN": "glcbt-a", "JOB_TOKEN": "glcbt-b"})
     alone = extract({"JOB-TOKEN": " glcbt-a "}, "other=1")
     assert alone is not None and alone.token == "glcbt-a" and alone.sources == {Source.HEADER}
 
@@ -113,3 +121,35 @@ def test_a_lone_job_token_header_takes_the_fast_path(monkeypatch: pytest.MonkeyP
     for name in ("JOB-TOKEN", "job-token"):
         found = credentials.extract_credential(CIMultiDict({name: "glcbt-a"}), MultiDict())
         assert found is not None and found.sources == {Source.HEADER}
+
+
+@pytest.mark.parametrize(
+    ("raw", "pairs"),
+    [
+        ("a=1&b=2", [("a", "1"), ("b", "2")]),
+        ("a=1;job_token=x", [("a", "1"), ("job_token", "x")]),  # Rack splits on `;` too
+        ("a=1&  b=2", [("a", "1"), ("b", "2")]),  # spaces after a separator dropped (Rack's /[&;] */)
+        ("%6Aob_token=%67l+c", [("job_token", "gl c")]),  # names and values decoded, `+` a space
+        ("flag&&x=", [("flag", ""), ("x", "")]),
+    ],
+)
+def test_parse_query_reads_as_rack(raw: str, pairs: list[tuple[str, str]]) -> None:
+    from gateway.credentials import parse_query
+
+    assert parse_query(raw) == pairs
+
+
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("a=1&job_token=x&b=2", "a=1&b=2"),
+        ("a=1;job_token=x;b=2", "a=1;b=2"),
+        ("job_token=x;a=1", "a=1"),
+        ("%6Aob_token=x&a=%2F", "a=%2F"),
+        ("job_token[]=x&a=1", "a=1"),
+    ],
+)
+def test_filter_query_drops_what_rack_would_read(raw: str, kept: str) -> None:
+    from gateway.credentials import filter_query
+
+    assert filter_query(raw, {"job_token"}) == kept

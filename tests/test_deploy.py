@@ -181,7 +181,9 @@ def test_compose_has_a_service_behind_every_upstream() -> None:
             f"{url}: {parts.hostname} exposes no such port"
         )
     jobgate = services["jobgate"]
-    assert jobgate["volumes"] == ["./gateway.yaml:/etc/jobgate/deploy.yaml:ro"]
+    # the config, and a volume for the state directory the registry signing key is created in
+    assert jobgate["volumes"] == ["./gateway.yaml:/etc/jobgate/deploy.yaml:ro", "jobgate-state:/var/lib/jobgate"]
+    assert "jobgate-state" in compose["volumes"]
     assert set(jobgate["depends_on"]) == set(services) - {"jobgate"}
 
 
@@ -223,3 +225,9 @@ def test_the_kubernetes_scrape_job_checks_with_promtool(tmp_path: Path) -> None:
     job["relabel_configs"][0]["action"] = "keepp"
     (tmp_path / "scrape.yml").write_text(yaml.safe_dump(config))
     assert promtool_check_config(tmp_path / "scrape.yml").returncode != 0
+
+
+def test_forward_auth_settings_name_the_proxy_and_trust_it() -> None:
+    config = parse_config(yaml.safe_load((DEPLOY / "forward-auth" / "jobgate.yaml").read_text()),
+                          "deploy/forward-auth/jobgate.yaml", env=ENV)  # fmt: skip
+    assert config.forward_auth_proxy == "nginx" and config.trusted_proxies

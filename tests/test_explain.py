@@ -66,3 +66,16 @@ async def test_explain_bad_input(redis_server: RedisProcess, store: Store) -> No
     assert unlisted.returncode == 1 and "route     none (unlisted)" in unlisted.stdout
     tricky = explain(redis_server, "--job", "999", "GET", "/api/v4/projects/1/../2/packages/x")
     assert tricky.returncode == 2 and "400" in tricky.stdout
+
+
+async def test_explain_names_a_trust_boundary_refusal(redis_server: RedisProcess, store: Store) -> None:
+    await store.set_project(1, "group/app", "private")
+    await store.start_job(100, 1, 7)
+    twice = explain(redis_server, "--job", "100", "GET",
+                    "/group/app.git/info/refs?service=git-upload-pack;service=git-receive-pack")  # fmt: skip
+    assert twice.returncode == 2
+    assert "REFUSED 400 (duplicate_parameter: parameter 'service' given more than once)" in twice.stdout
+    upper = explain(redis_server, "--job", "100", "GET", "/v2/Group/App/manifests/latest")
+    assert upper.returncode == 2 and "(repository_name_invalid:" in upper.stdout
+    override = explain(redis_server, "--job", "100", "POST", "/api/v4/projects/1/packages/x?_method=DELETE")
+    assert override.returncode == 2 and "(method_override:" in override.stdout

@@ -33,7 +33,7 @@ pathish = st.lists(
                                      "g%2Fp", "1", "v2", "info", "refs", "git-upload-pack", ""])),
     max_size=12,
 ).map(lambda parts: "/" + "/".join(parts))  # fmt: skip
-header_names = st.sampled_from(["JOB-TOKEN", "job-token", "Authorization", "X-Other"])
+header_names = st.sampled_from(["JOB-TOKEN", "job-token", "JOB_TOKEN", "Authorization", "X-Other"])
 header_values = st.one_of(text, st.sampled_from(["Basic Z2l0bGFiLWNpLXRva2VuOmE=", "Bearer x", "Basic %%"]))
 
 
@@ -41,20 +41,21 @@ header_values = st.one_of(text, st.sampled_from(["Basic Z2l0bGFiLWNpLXRva2VuOmE=
 @given(
     headers=st.lists(st.tuples(header_names, header_values), max_size=4),
     query=st.lists(st.tuples(st.sampled_from(["job_token", "token", "x"]), text), max_size=4),
-    token_param=st.booleans(),
+    form=st.one_of(st.none(), st.dictionaries(st.sampled_from(["job_token", "token"]),
+                                              st.lists(text, max_size=2))),
     bearer=st.booleans(),
 )
 def test_credential_extraction(headers: list[tuple[str, str]], query: list[tuple[str, str]],
-                               token_param: bool, bearer: bool) -> None:  # fmt: skip
+                               form: dict[str, list[str]] | None, bearer: bool) -> None:  # fmt: skip
     request = CIMultiDict(headers), MultiDict(query)
     try:
-        result = extract_credential(*request, token_param=token_param, bearer=bearer)
+        result = extract_credential(*request, form=form, bearer=bearer)
     except CredentialError as exc:
         assert str(exc) in CREDENTIAL_ERRORS  # the gateway's own words, never a value it read
         with pytest.raises(CredentialError):  # the fast path refuses what the table's scan refuses
-            scan_places(*request, token_param=token_param, bearer=bearer)
+            scan_places(*request, form=form, bearer=bearer)
         return
-    assert result == scan_places(*request, token_param=token_param, bearer=bearer)  # the fast path
+    assert result == scan_places(*request, form=form, bearer=bearer)  # the fast path
     assert result is None or (isinstance(result, Credential) and result.token and result.sources)
 
 

@@ -13,27 +13,27 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import secrets
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from aiohttp import web
+from multidict import MultiDict
 
 from .. import responses
 from ..config import RegistryConfig
-from ..credentials import CredentialError, extract_credential
+from ..credentials import CredentialError, candidate_tokens, extract_credential, parse_query
+from ..decision import Reason
 from ..model import RegistryGrant, TargetRef
 from ..observe import RequestLog
 from ..pipeline import Gateway
-from ..routes import REGISTRY_ACTIONS, repo_ref
+from ..routes import OCI_REPOSITORY, REGISTRY_ACTIONS, repo_ref
 from ..signing import SigningKey, load_or_create_key
 from ..store import StoreUnavailable, credential_key
 
 SERVICE = responses.REGISTRY_SERVICE
 ISSUER = "jobgate"
-_REPOSITORY = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)+$")
 MAX_SCOPES = 16
 
 
@@ -101,7 +101,7 @@ def parse_scopes(values: Iterable[str]) -> list[tuple[str, list[str]]]:
     for value in list(values)[:MAX_SCOPES]:
         kind, _, rest = value.partition(":")
         name, _, actions = rest.rpartition(":")
-        if kind != "repository" or not _REPOSITORY.match(name) or len(name) > 255:
+        if kind != "repository" or not OCI_REPOSITORY.match(name) or len(name) > 255:
             continue
         wanted = ["pull", "push", "delete"] if actions == "*" else actions.split(",")
         scopes.append((name, [a for a in wanted if a in REGISTRY_ACTIONS]))
@@ -127,12 +127,16 @@ async def jwt_auth(request: web.Request, log: RequestLog, gateway: Gateway) -> w
     """`GET /jwt/auth`: trade a job token for a registry token granting what the job may do."""
     config, metrics = gateway.runtime.config, gateway.metrics
     log.route = "registry_token"
+    pairs = parse_query(request.query_string)  # as Rack reads it: `&` and `;`
+    log.tokens = candidate_tokens(request.headers, pairs)
     try:
         credential = extract_credential(
-            request.headers, request.query, bearer=False, max_length=config.max_token_length
+            request.headers, MultiDict(pairs), bearer=False, max_length=config.max_token_length
         )
     except CredentialError as exc:
-        return responses.bad_request(str(exc))
+        log.tokens += exc.tokens
+        log.reason = Reason(exc.rule)
+        return responses.refused(exc.rule, str(exc), exc.status)
     if credential is None:
         return unauthorized()
     log.token = credential.token
@@ -145,7 +149,7 @@ async def jwt_auth(request: web.Request, log: RequestLog, gateway: Gateway) -> w
         log.record(job.decision, job.log_fields)
         if not job.decision.allowed:
             return unauthorized()
-        for name, actions in parse_scopes(request.query.getall("scope", [])):
+        for name, actions in parse_scopes(v for k, v in pairs if k == "scope"):
             target = repo_ref(name.split("/")) or TargetRef()
             granted = []
             for wanted in actions:
