@@ -114,6 +114,7 @@ class RegistryConfig:
 
     token_secret: str | None = None  # shared by every replica; absent: random per process
     token_ttl: int = 300
+    anonymous_pull: bool = True  # no credentials: a pull-only token for public projects' images
 
     def __repr__(self) -> str:
         return f"RegistryConfig(token_secret={'[MASKED]' if self.token_secret else None})"
@@ -370,10 +371,11 @@ def parse_config(
         registry_push_in_scope=r.get(sd, "scope", "registry_push_in_scope", r.boolean, False),
     )
 
-    gd = r.section(top.get("registry"), "registry", {"token_secret", "token_ttl"})
+    gd = r.section(top.get("registry"), "registry", {"token_secret", "token_ttl", "anonymous_pull"})
     registry = RegistryConfig(
         token_secret=r.get(gd, "registry", "token_secret", r.string, None) or None,
         token_ttl=r.get(gd, "registry", "token_ttl", r.count, 300),
+        anonymous_pull=r.get(gd, "registry", "anonymous_pull", r.boolean, True),
     )
 
     cd = r.section(top.get("cache"), "cache", {"ttl", "max_entries"})

@@ -106,6 +106,11 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+#: The key an anonymous registry token stands for: no token, public reads only. No
+#: `credential_key` ever starts with `a:`, so only a registry token jobgate signed names it.
+ANONYMOUS_KEY = "a:"
+
+
 @functools.lru_cache(maxsize=4096)
 def credential_key(token: str) -> str:
     """How the store finds a token: `j:<job id>:<sha256>` for a job token, `t:<sha256>` else.
@@ -133,6 +138,8 @@ if ARGV[1] == 'j' then
   if not job[1] or job[9] ~= ARGV[3] then return {''} end
   out = {'j', ARGV[2], job[1], job[2], job[3], job[4], job[5], job[6] or '', job[7] or '', job[8] or ''}
   source_id, user_id = job[1], job[2]
+elseif ARGV[1] == 'a' then
+  out = {'a', '', '', '', '', '', '', '', '', ''}
 else
   local tok = redis.call('GET', p .. 'tok:' .. ARGV[2])
   if not tok or string.sub(tok, 1, 2) ~= 't:' then return {''} end
@@ -142,7 +149,8 @@ else
   out = {'t', source_id, user_id, '', '', '', '', '', '', ''}
 end
 local fields = {'path', 'visibility', 'pending_delete', 'scope', 'inbound'}
-local src = redis.call('HMGET', p .. 'prj:' .. source_id, unpack(fields))
+local src = {}
+if source_id then src = redis.call('HMGET', p .. 'prj:' .. source_id, unpack(fields)) end
 for i = 1, 5 do out[#out + 1] = src[i] or '' end
 local target_id = false
 if ARGV[4] == 'id' then
@@ -160,6 +168,11 @@ end
 out[#out + 1] = target_id
 local tgt = redis.call('HMGET', p .. 'prj:' .. target_id, unpack(fields))
 for i = 1, 5 do out[#out + 1] = tgt[i] or '' end
+if not source_id then  -- anonymous: no role, no scope
+  out[#out + 1] = '0'
+  out[#out + 1] = 0
+  return out
+end
 out[#out + 1] = redis.call('HGET', p .. 'mem:' .. target_id, user_id) or '0'
 out[#out + 1] = redis.call('SISMEMBER', p .. 'out:' .. source_id, target_id)
 local inkey = p .. 'in:' .. target_id
@@ -339,9 +352,10 @@ def parse_access(raw: Sequence[Any]) -> AccessState:
     """Turn the script's flat reply into an AccessState."""
     values = [_text(v) for v in raw]
     kind = values[0]
-    if kind not in ("j", "t"):
+    if kind not in ("j", "t", "a"):
         return AccessState(kind=TokenKind.UNKNOWN)
     job = trigger_project = trigger_owner = None
+    source_id = 0  # anonymous: no source project
     if kind == "j":
         jid, project, user, status, erased, expires, pipeline, name, ref = values[1:10]
         job = JobState(
@@ -356,12 +370,12 @@ def parse_access(raw: Sequence[Any]) -> AccessState:
             ref=ref,
         )
         source_id = job.project_id
-    else:
+    elif kind == "t":
         trigger_project, trigger_owner = _int(values[1]), _int(values[2])
         source_id = trigger_project
     source = _project(values[10:15], source_id)
     common = dict(job=job, trigger_owner_id=trigger_owner, source=source)
-    token_kind = TokenKind.JOB if job else TokenKind.TRIGGER
+    token_kind = TokenKind.ANONYMOUS if kind == "a" else TokenKind.JOB if job else TokenKind.TRIGGER
     if len(values) <= 15 or not values[15]:
         return AccessState(kind=token_kind, **common)  # type: ignore[arg-type]
     target = _project(values[16:21], _int(values[15]))
@@ -487,11 +501,13 @@ class Store:
         return await self.read_access_key(credential_key(token), target)
 
     async def read_access_key(self, key: str, target: TargetRef) -> AccessState:
-        """`read_access` for a token known only by its `credential_key`."""
+        """`read_access` for a token known only by its `credential_key` (or `ANONYMOUS_KEY`)."""
         kind, _, rest = key.partition(":")
-        if kind == "j":
+        if kind == "a":
+            token_args: list[Any] = ["a", "", ""]
+        elif kind == "j":
             job_id, _, digest = rest.partition(":")
-            token_args: list[Any] = ["j", job_id, bytes.fromhex(digest)]
+            token_args = ["j", job_id, bytes.fromhex(digest)]
         else:
             token_args = ["t", rest, ""]
         if target.project_id is not None:
