@@ -3,6 +3,7 @@ job token scope REST API; after every change a real job-token request shows it i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.error
@@ -48,6 +49,14 @@ def shipped_config(gw: JobgateProcess, redis_url: str, packages: str) -> dict[st
     config["redis"] = {"url": redis_url}
     config["upstreams"]["packages"] = {"url": packages}
     return config
+
+
+def admin_put(url: str, body: dict[str, str]) -> None:
+    """A write through jobgate's own admin API (the shipped config's admin token)."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT", headers={
+        "Authorization": "Bearer e2e-scope-admin", "Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10):
+        pass
 
 
 def status(gw: JobgateProcess, token: str) -> int:
@@ -107,6 +116,15 @@ def test_python_gitlab_drives_the_job_token_scope(
         scope.groups_allowlist.delete(10)
         assert status(gw, token) == 404
         assert scope.groups_allowlist.list() == []
+
+        admin_api = f"http://127.0.0.1:{gw.admin_port}/admin/v1/projects"
+        for pid in range(100, 123):  # 23 entries: two pages of python-gitlab's 20, through Link
+            admin_put(f"{admin_api}/{pid}", {"path": f"many/p{pid}", "visibility": "private"})
+            admin_put(f"{admin_api}/2/inbound/{pid}", {})
+        pages = scope.allowlist.list(iterator=True)
+        assert pages.total == 23 and pages.total_pages == 2
+        assert [p.id for p in pages] == list(range(100, 123))
+        assert len(scope.allowlist.list(get_all=True)) == 23
 
         with pytest.raises(gitlab.GitlabAuthenticationError):
             gitlab.Gitlab(f"http://127.0.0.1:{gw.admin_port}", private_token="wrong").projects.get(2)
