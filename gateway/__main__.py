@@ -17,23 +17,36 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobgate", description="Reverse-proxy authentication gateway for CI job tokens."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the gateway, admin and metrics listeners")
-    serve.add_argument("--config", required=True)
+    serve.add_argument("--config", required=True, metavar="F", help="the YAML config file")
     serve.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1,
-        help="gateway processes sharing the port (SO_REUSEPORT); default: one per core",
-    )
-    check = sub.add_parser("check", help="validate a config file and exit")
-    check.add_argument("--config", required=True)
+        "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+        help=f"gateway processes sharing the port (SO_REUSEPORT); default: one per core ({os.cpu_count()})",
+    )  # fmt: skip
+    check = sub.add_parser("check", help="validate a config file (every problem at once) and exit")
+    check.add_argument("--config", required=True, metavar="F", help="the YAML config file")
     add_admin_parser(sub)
     add_explain_parser(sub)
     return parser
 
 
+def _subcommand(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the innermost subcommand `args` names (`jobgate admin job start`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None)
+            if chosen in action.choices:
+                return _subcommand(action.choices[chosen], args)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one command; the exit status is returned."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand that was given them, with its usage
+        _subcommand(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "admin":
         return admin_main(args)
     if args.command == "explain":

@@ -35,12 +35,25 @@ from typing import Any
 from aiohttp import web
 
 from . import scope_api
-from .config import PRIVATE_REDIS_URL, ConfigError, ScopeConfig, load_config
-from .model import FINISH_STATUSES, VISIBILITIES
+from .config import PRIVATE_REDIS_URL, ConfigError, RegistryConfig, ScopeConfig, load_config
+from .model import ACCESS_LEVELS, FINISH_STATUSES, VISIBILITIES
+from .signing import SigningKeyError, load_or_create_key
 from .store import ControlError, Store, StoreUnavailable, connect
 
 ADMIN_STORE = web.AppKey("admin_store", Store)
-ADMIN_TOKEN = web.AppKey("admin_token", str)
+
+
+@dataclass
+class AdminToken:
+    """The admin bearer token in force; SIGHUP replaces its value (`set_admin_token`)."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "AdminToken([MASKED])"
+
+
+ADMIN_TOKEN = web.AppKey("admin_token", AdminToken)
 MAX_ADMIN_BODY = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -56,7 +69,7 @@ async def admin_guard(request: web.Request, handler: Handler) -> web.StreamRespo
 
     GitLab's API under `/api/v4/` also takes it as `PRIVATE-TOKEN`, and refuses as GitLab does.
     """
-    expected = request.app[ADMIN_TOKEN].encode()
+    expected = request.app[ADMIN_TOKEN].value.encode()
     if request.path.startswith(scope_api.PREFIX):
         sent = scope_api.credential(request)
         if sent is None or not hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected):
@@ -249,11 +262,16 @@ async def _revoke_trigger(request: web.Request) -> web.Response:
     return web.json_response({"revoked": True})
 
 
+def set_admin_token(app: web.Application, admin_token: str) -> None:
+    """Make `admin_token` the one the admin API `app` accepts from the next request on."""
+    app[ADMIN_TOKEN].value = admin_token
+
+
 def build_admin(store: Store, admin_token: str) -> web.Application:
     """The admin HTTP API application."""
     app = web.Application(middlewares=[admin_guard], client_max_size=MAX_ADMIN_BODY)
     app[ADMIN_STORE] = store
-    app[ADMIN_TOKEN] = admin_token
+    app[ADMIN_TOKEN] = AdminToken(admin_token)
     p = "/admin/v1/projects/{id}"
     app.router.add_put(p, _put_project)
     app.router.add_put(p + "/members/{user}", _put_member)
@@ -282,72 +300,127 @@ def _onoff(text: str) -> bool:
     return text == "on"
 
 
+def add_where_options(parser: argparse.ArgumentParser, after_verb: bool = False) -> None:
+    """`--config F | --redis-url URL`; on a subcommand (`after_verb`) they leave the values
+    given before the verb alone unless given again."""
+    where = parser.add_mutually_exclusive_group()
+    default: Any = argparse.SUPPRESS if after_verb else None
+    where.add_argument("--config", default=default, metavar="F",
+                       help="read Redis settings (and scope switches) from this config file")
+    where.add_argument("--redis-url", default=default, metavar="URL",
+                       help=f"Redis URL (default: the config's, else the private one, {PRIVATE_REDIS_URL})")
+
+
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of every innermost subcommand below `parser`."""
+    leaves = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                leaves.extend(leaf_parsers(child) or [child])
+    return leaves
+
+
 def add_admin_parser(sub: Any) -> None:
-    """The `jobgate admin ...` grammar, exactly as SPEC §7 lists it."""
-    admin = sub.add_parser("admin", help="write job state: projects, members, scope, jobs, triggers")
-    where = admin.add_mutually_exclusive_group()
-    where.add_argument("--config", help="read Redis settings from this config file")
-    where.add_argument("--redis-url", help="Redis URL (default: the config's, or the private one)")
-    nouns = admin.add_subparsers(dest="noun", required=True)
+    """The `jobgate admin ...` grammar, exactly as SPEC §7 lists it, with a help line everywhere."""
+    admin = sub.add_parser(
+        "admin", help="write job state: projects, members, scope, jobs, triggers",
+        description="Write job state (the orchestrator's verbs). Ids are integers; tokens are "
+        "printed alone on stdout. --config/--redis-url may come before or after the verb.",
+    )  # fmt: skip
+    add_where_options(admin)
+    nouns = admin.add_subparsers(dest="noun", required=True, metavar="NOUN")
+    onoff = "on|off"
+    levels = ", ".join(f"{level} {name}" for level, name in ACCESS_LEVELS.items())
 
-    project = nouns.add_parser("project").add_subparsers(dest="verb", required=True)
-    pset = project.add_parser("set", help="create or update a project")
-    pset.add_argument("id", type=int)
-    pset.add_argument("--path")
-    pset.add_argument("--visibility", choices=VISIBILITIES)
-    pset.add_argument("--scope", type=_onoff, help="outbound limit (Limit CI_JOB_TOKEN access)")
-    pset.add_argument("--inbound", type=_onoff, help="inbound limit (allow access with a job token)")
-    pset.add_argument("--pending-delete", type=_onoff)
+    project = nouns.add_parser("project", help="projects: path, visibility, scope switches")
+    project_verbs = project.add_subparsers(dest="verb", required=True, metavar="VERB")
+    pset = project_verbs.add_parser(
+        "set", help="create or update a project (a new one needs --path and --visibility)",
+        description="Create or update a project. A new project has the outbound limit off, the "
+        "inbound limit on and is not pending deletion (GitLab's defaults); an update changes only "
+        "what is given.",
+    )  # fmt: skip
+    pset.add_argument("id", type=int, help="the project id")
+    pset.add_argument("--path", metavar="GROUP/SUB/NAME", help="the project's full path")
+    pset.add_argument("--visibility", choices=VISIBILITIES, help="private, internal or public")
+    pset.add_argument("--scope", type=_onoff, metavar=onoff,
+                      help="outbound limit (\"Limit CI_JOB_TOKEN access\"); a new project: off")
+    pset.add_argument("--inbound", type=_onoff, metavar=onoff,
+                      help="inbound limit (only allowlisted projects' job tokens); a new project: on")
+    pset.add_argument("--pending-delete", type=_onoff, metavar=onoff,
+                      help="being deleted: every job token is refused; a new project: off")
 
-    member = nouns.add_parser("member").add_subparsers(dest="verb", required=True)
-    mset = member.add_parser("set", help="set a user's access level (0 removes)")
-    for name in ("project_id", "user_id", "access_level"):
-        mset.add_argument(name, type=int)
+    member = nouns.add_parser("member", help="members and their access levels")
+    mset = member.add_subparsers(dest="verb", required=True, metavar="VERB").add_parser(
+        "set", help="set a user's access level in a project (0 removes)"
+    )
+    mset.add_argument("project_id", type=int, help="the project id")
+    mset.add_argument("user_id", type=int, help="the user id")
+    mset.add_argument("access_level", type=int, help=f"one of {levels}")
 
-    allow = nouns.add_parser("allowlist").add_subparsers(dest="verb", required=True)
+    allow = nouns.add_parser("allowlist", help="outbound allowlists: where a project's jobs may go")
+    allow_verbs = allow.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in ("add", "remove"):
-        p = allow.add_parser(verb, help=f"{verb} TARGET on SOURCE's outbound allowlist")
-        p.add_argument("source_id", type=int)
-        p.add_argument("target_id", type=int)
+        p = allow_verbs.add_parser(verb, help=f"{verb} TARGET on SOURCE's outbound allowlist")
+        p.add_argument("source_id", type=int, help="the project whose jobs make the requests")
+        p.add_argument("target_id", type=int, help="the project they may reach")
 
-    inbound = nouns.add_parser("inbound").add_subparsers(dest="verb", required=True)
-    suggest = inbound.add_parser(
+    inbound = nouns.add_parser("inbound", help="inbound allowlists: whose jobs may reach a project")
+    inbound_verbs = inbound.add_subparsers(dest="verb", required=True, metavar="VERB")
+    suggest = inbound_verbs.add_parser(
         "suggest", help="projects that reached TARGET with a job token (the authentication log)"
     )
-    suggest.add_argument("target_id", type=int)
+    suggest.add_argument("target_id", type=int, help="the project reached")
     for verb in ("add", "remove"):
-        p = inbound.add_parser(verb, help=f"{verb} SOURCE on TARGET's inbound allowlist")
-        p.add_argument("target_id", type=int)
-        p.add_argument("source", help="a project id or a group path")
+        p = inbound_verbs.add_parser(verb, help=f"{verb} SOURCE on TARGET's inbound allowlist")
+        p.add_argument("target_id", type=int, help="the project reached")
+        p.add_argument("source", help="a project id or a group path whose jobs may reach it")
         if verb == "add":
-            p.add_argument("--policies", help="comma-separated job token policies")
+            p.add_argument("--policies", metavar="P,P,...",
+                           help="comma-separated job token policies (read_packages, admin_releases, ...); "
+                           "absent: default permissions")  # fmt: skip
 
-    job = nouns.add_parser("job").add_subparsers(dest="verb", required=True)
-    start = job.add_parser("start", help="record a running job; prints its token")
-    start.add_argument("--id", type=int, required=True)
-    start.add_argument("--project", type=int, required=True)
-    start.add_argument("--user", type=int, required=True)
-    start.add_argument("--pipeline", type=int)
-    start.add_argument("--name", default="")
-    start.add_argument("--ref", default="")
-    start.add_argument("--timeout", type=float, default=3600.0)
-    finish = job.add_parser("finish", help="set a job's final status (revokes its token)")
-    finish.add_argument("id", type=int)
-    finish.add_argument("--status", choices=FINISH_STATUSES, default="success")
-    erase = job.add_parser("erase", help="erase a job (revokes its token)")
-    erase.add_argument("id", type=int)
+    job = nouns.add_parser("job", help="jobs: start (prints the token), finish, erase")
+    job_verbs = job.add_subparsers(dest="verb", required=True, metavar="VERB")
+    start = job_verbs.add_parser("start", help="record a running job; prints its token")
+    start.add_argument("--id", type=int, required=True, help="the job id")
+    start.add_argument("--project", type=int, required=True, help="the job's project id")
+    start.add_argument("--user", type=int, required=True, help="the user the job runs as")
+    start.add_argument("--pipeline", type=int, help="the pipeline id (default: none)")
+    start.add_argument("--name", default="", help="the job name (default: empty)")
+    start.add_argument("--ref", default="", help="the branch or tag (default: empty)")
+    start.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+                       help="the token expires this many seconds after start (default: 3600)")  # fmt: skip
+    finish = job_verbs.add_parser("finish", help="set a job's final status (revokes its token)")
+    finish.add_argument("id", type=int, help="the job id")
+    finish.add_argument("--status", choices=FINISH_STATUSES, default="success",
+                        help="the final status (default: success)")  # fmt: skip
+    erase = job_verbs.add_parser("erase", help="erase a job (revokes its token)")
+    erase.add_argument("id", type=int, help="the job id")
 
-    group = nouns.add_parser("group").add_subparsers(dest="verb", required=True)
-    gset = group.add_parser("set", help="create a group or change its path (its entries follow)")
-    gset.add_argument("id", type=int)
-    gset.add_argument("--path", required=True)
+    group = nouns.add_parser("group", help="groups: the ids GitLab's API names them by")
+    gset = group.add_subparsers(dest="verb", required=True, metavar="VERB").add_parser(
+        "set", help="create a group or change its path (the inbound entries naming it follow)"
+    )
+    gset.add_argument("id", type=int, help="the group id")
+    gset.add_argument("--path", required=True, metavar="GROUP/SUB", help="the group's full path")
 
-    trigger = nouns.add_parser("trigger").add_subparsers(dest="verb", required=True)
-    create = trigger.add_parser("create", help="create a trigger token; prints it")
-    create.add_argument("project_id", type=int)
-    create.add_argument("--owner", type=int, required=True)
-    revoke = trigger.add_parser("revoke", help="revoke a trigger token")
-    revoke.add_argument("token")
+    registry = nouns.add_parser("registry", help="the container registry token signing key")
+    registry.add_subparsers(dest="verb", required=True, metavar="VERB").add_parser(
+        "certificate", help="print the PEM certificate of the registry signing key (a registry's "
+        "rootcertbundle); creates the key file first when it is missing",
+    )  # fmt: skip
+
+    trigger = nouns.add_parser("trigger", help="pipeline trigger tokens")
+    trigger_verbs = trigger.add_subparsers(dest="verb", required=True, metavar="VERB")
+    create = trigger_verbs.add_parser("create", help="create a trigger token; prints it")
+    create.add_argument("project_id", type=int, help="the project whose pipelines it triggers")
+    create.add_argument("--owner", type=int, required=True, help="the user the pipelines run as")
+    revoke = trigger_verbs.add_parser("revoke", help="revoke a trigger token")
+    revoke.add_argument("token", help="the trigger token")
+    for leaf in leaf_parsers(admin):  # `jobgate admin job start ... --config F` works too
+        add_where_options(leaf, after_verb=True)
 
 
 async def _run_admin(store: Store, args: argparse.Namespace) -> str:
@@ -406,6 +479,8 @@ class CliSettings:
 
 def cli_settings(args: argparse.Namespace) -> CliSettings:
     """Settings from `--config` (ConfigError on a bad file) or `--redis-url`, else the private Redis."""
+    if args.config and args.redis_url:
+        raise ConfigError(["--config and --redis-url: give one of them, not both"])
     if args.config:
         config = load_config(args.config)
         redis = config.redis
@@ -449,8 +524,25 @@ def run_cli(
     return code
 
 
+def registry_certificate(args: argparse.Namespace) -> int:
+    """`jobgate admin registry certificate`: the signing key's certificate on stdout (no Redis)."""
+    try:
+        registry = load_config(args.config).registry if args.config else RegistryConfig()
+        key = load_or_create_key(registry.signing_key_file)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return 2
+    except SigningKeyError as exc:
+        print(f"jobgate admin registry certificate: {exc}", file=sys.stderr)
+        return 2
+    print(key.certificate_pem(), end="")
+    return 0
+
+
 def admin_main(args: argparse.Namespace) -> int:
     """Run one `jobgate admin` command; exit 0, or 1 with the reason on stderr."""
+    if args.noun == "registry":
+        return registry_certificate(args)
 
     async def work(store: Store, settings: CliSettings) -> tuple[int, str]:
         return 0, await _run_admin(store, args)

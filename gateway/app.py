@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -26,6 +24,7 @@ from .pipeline import Gateway, handle
 from .protocols import registry
 from .protocols.forward_auth import FORWARD_AUTH_PATH, forward_auth
 from .proxy import REQUEST_ID
+from .requestid import next_request_id
 from .runtime import Runtime
 from .store import Store, connect
 
@@ -33,9 +32,6 @@ GATEWAY = web.AppKey("gateway", Gateway)
 
 log = logging.getLogger("jobgate")
 Handler = Callable[[web.Request, RequestLog, Gateway], Awaitable[web.StreamResponse]]
-
-_ID_PREFIX = secrets.token_hex(4) + "-"  # per process, then a counter
-_ID_COUNTER = itertools.count(1)
 
 
 def observed(handler: Handler, gateway: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -46,7 +42,7 @@ def observed(handler: Handler, gateway: Gateway) -> Callable[[web.Request], Awai
         request_id = request.headers.get(REQUEST_ID, "")
         from_client = 0 < len(request_id) <= 128 and request_id.isascii() and request_id.isprintable()
         if not from_client:
-            request_id = f"{_ID_PREFIX}{next(_ID_COUNTER):x}"
+            request_id = next_request_id()
         request_log = RequestLog(request_id, request.method, request.raw_path, request.remote)
         if from_client:
             request_log.id_from_client = True
@@ -54,6 +50,8 @@ def observed(handler: Handler, gateway: Gateway) -> Callable[[web.Request], Awai
         try:
             response = await handler(request, request_log, gateway)
             request_log.status = response.status
+            if request_log.upstream is None and not response.prepared:  # an answer jobgate gives itself
+                request_log.bytes_out = response.content_length or 0
         except web.HTTPException as exc:
             request_log.status = exc.status
             raise
@@ -114,9 +112,7 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
         runtime=Runtime(config),
         authorizer=Authorizer(cache, metrics),
         metrics=metrics,
-        issuer=registry.TokenIssuer(
-            config.registry.token_secret or secrets.token_urlsafe(32), config.registry.token_ttl
-        ),
+        issuer=registry.issuer_for(config.registry),
     )
     metrics.log = access_log
     app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _sessions_ctx])

@@ -20,6 +20,7 @@ from .routes import Action
 from .store import Store
 
 NO_CREDENTIAL = Outcome.of(Decision(Reason.NO_CREDENTIAL))
+INVALID_REGISTRY_TOKEN = Outcome.of(Decision(Reason.INVALID_REGISTRY_TOKEN))
 
 
 class Authorizer:

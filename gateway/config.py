@@ -108,16 +108,33 @@ class RedisConfig:
         return self.url or PRIVATE_REDIS_URL
 
 
+#: The key file's name in the state directory when `registry.signing_key_file` is absent.
+SIGNING_KEY_NAME = "registry-signing-key.pem"
+
+
+def default_signing_key_file(env: Mapping[str, str] | None = None) -> str:
+    """Where the registry signing key lives when `registry.signing_key_file` is absent.
+
+    `$XDG_STATE_HOME/jobgate/`, else `/var/lib/jobgate/` for root, else
+    `~/.local/state/jobgate/`: a state directory, never the checkout (docs/operations.md).
+    """
+    env = os.environ if env is None else env
+    if env.get("XDG_STATE_HOME"):
+        base = Path(env["XDG_STATE_HOME"]) / "jobgate"
+    elif os.geteuid() == 0:
+        base = Path("/var/lib/jobgate")
+    else:
+        base = Path(env.get("HOME") or Path.home()) / ".local" / "state" / "jobgate"
+    return str(base / SIGNING_KEY_NAME)
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
-    """The container registry token flow."""
+    """The container registry token flow: RS256 tokens signed with the key in `signing_key_file`."""
 
-    token_secret: str | None = None  # shared by every replica; absent: random per process
-    token_ttl: int = 300
+    signing_key_file: str = field(default_factory=default_signing_key_file)
+    token_ttl: int = 300  # seconds
     anonymous_pull: bool = True  # no credentials: a pull-only token for public projects' images
-
-    def __repr__(self) -> str:
-        return f"RegistryConfig(token_secret={'[MASKED]' if self.token_secret else None})"
 
 
 @dataclass(frozen=True)
@@ -277,8 +294,27 @@ class _Reader:
 
     def redis_url(self, key: str, raw: Any) -> str | None:
         text = str(raw)
-        if urlsplit(text).scheme not in REDIS_SCHEMES:
+        parts = urlsplit(text)
+        if parts.scheme not in REDIS_SCHEMES:
             self.problem(key, f"expected a {', '.join(s + '://' for s in REDIS_SCHEMES)} URL, got {text!r}")
+            return None
+        if parts.scheme == "unix":
+            if not parts.path:
+                self.problem(key, f"expected unix:///path/to/redis.sock, got {text!r}")
+                return None
+            return text
+        hosts = parts.netloc.rpartition("@")[2].split(",")  # Sentinel and Cluster URLs may list several
+        for host in hosts:
+            name, colon, port = host.rpartition(":")
+            if not colon or "]" in port:  # no port given (or a bare [IPv6] literal)
+                name, port = host, ""
+            if not name or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+                self.problem(key, f"expected host[:port] in the Redis URL, got {host!r} in {text!r}")
+                return None
+        database = parts.path.strip("/")
+        if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
+            self.problem(key, f"expected a database number after the host (redis://host:port/0), "
+                         f"got {text!r}")
             return None
         return text
 
@@ -371,9 +407,15 @@ def parse_config(
         registry_push_in_scope=r.get(sd, "scope", "registry_push_in_scope", r.boolean, False),
     )
 
-    gd = r.section(top.get("registry"), "registry", {"token_secret", "token_ttl", "anonymous_pull"})
+    gd = r.section(
+        top.get("registry"), "registry", {"signing_key_file", "token_ttl", "token_secret", "anonymous_pull"}
+    )
+    if "token_secret" in gd:
+        r.problem("registry.token_secret", "removed: registry tokens are RS256, signed with the key in "
+                  "registry.signing_key_file (`jobgate serve` creates it when missing; docs/operations.md)")
     registry = RegistryConfig(
-        token_secret=r.get(gd, "registry", "token_secret", r.string, None) or None,
+        signing_key_file=r.get(gd, "registry", "signing_key_file", r.string, "")
+        or default_signing_key_file(r.env),
         token_ttl=r.get(gd, "registry", "token_ttl", r.count, 300),
         anonymous_pull=r.get(gd, "registry", "anonymous_pull", r.boolean, True),
     )
@@ -411,29 +453,60 @@ def parse_config(
         r.problem("admin_listen", f"{admin_listen.host} is not a loopback address: the control plane "
                   "stays on loopback unless `admin_public: true` says otherwise")  # fmt: skip
 
+    # every value is read (and so checked) before the problems are counted
+    metrics_listen = r.get(top, "", "metrics_listen", r.address, None)
+    explain = r.get(top, "", "explain", r.boolean, False)
+    max_token_length = r.get(ld, "limits", "max_token_length", r.count, 1024)
+    max_form_body = r.get(ld, "limits", "max_form_body", r.count, 1 << 20)
+    failed_auth_per_minute = 0 if ld.get("failed_auth_per_minute") in (0, "0") \
+        else r.get(ld, "limits", "failed_auth_per_minute", r.count, 300)  # fmt: skip
+    idle_timeout = r.get(ld, "limits", "idle_timeout", r.positive, 75.0)
+    body_idle_timeout = r.get(ld, "limits", "body_idle_timeout", r.positive, 60.0)
+    public_url = r.get(top, "", "public_url", r.http_url, None)
+
     if r.problems or listen is None:
         raise ConfigError(r.problems)
     return Config(
         source=source,
         listen=listen,
         admin_listen=admin_listen,
-        metrics_listen=r.get(top, "", "metrics_listen", r.address, None),
+        metrics_listen=metrics_listen,
         redis=redis,
         upstreams=MappingProxyType(upstreams),
         scope=scope,
         registry=registry,
         cache=cache,
         admin_token=admin_token,
-        explain=r.get(top, "", "explain", r.boolean, False),
+        explain=explain,
         tls=tls,
-        max_token_length=r.get(ld, "limits", "max_token_length", r.count, 1024),
-        max_form_body=r.get(ld, "limits", "max_form_body", r.count, 1 << 20),
-        failed_auth_per_minute=0 if ld.get("failed_auth_per_minute") in (0, "0")
-        else r.get(ld, "limits", "failed_auth_per_minute", r.count, 300),
-        idle_timeout=r.get(ld, "limits", "idle_timeout", r.positive, 75.0),
-        body_idle_timeout=r.get(ld, "limits", "body_idle_timeout", r.positive, 60.0),
-        public_url=r.get(top, "", "public_url", r.http_url, None),
+        max_token_length=max_token_length,
+        max_form_body=max_form_body,
+        failed_auth_per_minute=failed_auth_per_minute,
+        idle_timeout=idle_timeout,
+        body_idle_timeout=body_idle_timeout,
+        public_url=public_url,
     )
+
+
+#: What a reload cannot change in a running process: the listening sockets, TLS, and the
+#: Redis connections (the store and the cache's subscription are opened once).
+RESTART_KEYS = ("listen", "admin_listen", "metrics_listen", "tls", "redis", "limits.idle_timeout",
+                "limits.max_form_body", "cache.ttl")  # fmt: skip
+
+
+def restart_keys(running: Config, new: Config) -> list[str]:
+    """The keys whose new value `new` a reload of `running` cannot apply (they need a restart)."""
+    pairs = {
+        "listen": (running.listen, new.listen),
+        "admin_listen": (running.admin_listen, new.admin_listen),
+        "metrics_listen": (running.metrics_listen, new.metrics_listen),
+        "tls": (running.tls, new.tls),
+        "redis": (running.redis, new.redis),
+        "limits.idle_timeout": (running.idle_timeout, new.idle_timeout),
+        "limits.max_form_body": (running.max_form_body, new.max_form_body),
+        "cache.ttl": (running.cache.ttl > 0, new.cache.ttl > 0),  # turning the cache on or off
+    }
+    return [key for key in RESTART_KEYS if pairs[key][0] != pairs[key][1]]
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

@@ -33,6 +33,7 @@ class Reason(StrEnum):
     POLICY_MISSING = "policy_missing"
     TRIGGER_TOKEN_NOT_ALLOWED = "trigger_token_not_allowed"
     INSUFFICIENT_TOKEN_SCOPE = "insufficient_token_scope"
+    INVALID_REGISTRY_TOKEN = "invalid_registry_token"
     #: Outcomes decided before the rules: the client is over the brute-force limit, or
     #: Redis could not be read (fail closed).
     RATE_LIMITED = "rate_limited"
@@ -42,7 +43,7 @@ class Reason(StrEnum):
 #: Reasons that mean "this credential cannot act at all": protocols re-challenge for these.
 DEAD_CREDENTIAL = frozenset({
     Reason.NO_CREDENTIAL, Reason.UNKNOWN_TOKEN, Reason.JOB_NOT_RUNNING, Reason.JOB_ERASED,
-    Reason.TOKEN_EXPIRED, Reason.INSUFFICIENT_TOKEN_SCOPE,
+    Reason.TOKEN_EXPIRED, Reason.INSUFFICIENT_TOKEN_SCOPE, Reason.INVALID_REGISTRY_TOKEN,
 })  # fmt: skip
 
 

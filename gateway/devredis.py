@@ -13,11 +13,49 @@ from types import TracebackType
 INSTALL_HINT = "redis-server not found: apt-get install -y redis-server (make test installs it)"
 
 
+class RedisNotInstalled(RuntimeError):
+    """No redis-server on PATH; the message is the line that installs it."""
+
+
+class PortTaken(RuntimeError):
+    """Something already listens on the port the server was to own."""
+
+
+def port_taken(port: int) -> bool:
+    """True when something listens on 127.0.0.1:`port` (connections in TIME_WAIT do not count)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _read_reply(sock: socket.socket) -> bytes:
+    """One bulk reply (`$<length>\\r\\n<data>`), read whole."""
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, rest = data.partition(b"\r\n")
+    if not head.startswith(b"$"):
+        return data
+    while len(rest) < int(head[1:]):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return rest
 
 
 class RedisProcess:
@@ -38,10 +76,16 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
-        """Start the server and wait until it answers PING."""
+        """Start the server and wait until it answers as itself (INFO names its pid).
+
+        RedisNotInstalled without redis-server, PortTaken when the port is not free (a
+        server already there would otherwise answer in its place).
+        """
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError(INSTALL_HINT)
+            raise RedisNotInstalled(INSTALL_HINT)
+        if port_taken(self.port):
+            raise PortTaken(f"127.0.0.1:{self.port} is taken")
         self.directory.mkdir(parents=True, exist_ok=True)
         log = self.directory / "redis.log"
         self.process = subprocess.Popen(
@@ -55,9 +99,13 @@ class RedisProcess:
                 break
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
-                        return self
+                    sock.sendall(b"INFO server\r\n")
+                    answer = _read_reply(sock)
+                if f"process_id:{self.process.pid}\r".encode() in answer:
+                    return self
+                if answer:  # another server took the port between the check and the start
+                    self.stop()
+                    raise PortTaken(f"127.0.0.1:{self.port} is taken")
             except OSError:
                 time.sleep(0.05)
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""

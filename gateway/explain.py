@@ -7,24 +7,30 @@ It routes the request, reads the same state and runs the same decide() as the ga
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .admin import CliSettings, run_cli
+from aiohttp import web
+
+from .admin import CliSettings, add_where_options, run_cli
 from .config import ScopeConfig
 from .decision import Check, Decision, decide
-from .responses import explain_message
-from .routes import PathError, match, split_path
+from .responses import denial
+from .routes import PathError, Protocol, match, split_path
 from .store import ControlError, Store, credential_key
 
 
 def add_explain_parser(sub: Any) -> None:
     """`jobgate explain [--config F | --redis-url URL] (--job ID | --token T) METHOD URL`."""
-    explain = sub.add_parser("explain", help="show why a job's request is allowed or denied")
-    where = explain.add_mutually_exclusive_group()
-    where.add_argument("--config", help="read Redis settings and scope switches from this config file")
-    where.add_argument("--redis-url", help="Redis URL (default: the config's, or the private one)")
+    explain = sub.add_parser(
+        "explain", help="show why a job's request is allowed or denied, rule by rule",
+        description="Route the request, read the same state and run the same decision as the "
+        "gateway, and print every rule; nothing is sent upstream. Exit 0 allowed, 1 denied, "
+        "2 bad input, 3 Redis unreachable.",
+    )  # fmt: skip
+    add_where_options(explain)
     who = explain.add_mutually_exclusive_group(required=True)
     who.add_argument("--job", type=int, help="the job whose token makes the request")
     who.add_argument("--token", help="the token itself (job or trigger token)")
@@ -32,7 +38,20 @@ def add_explain_parser(sub: Any) -> None:
     explain.add_argument("url", help="the request URL or path, e.g. /api/v4/projects/2/packages/...")
 
 
-def render(method: str, path: str, route_line: str, decision: Decision, checks: list[Check]) -> str:
+def client_answer(decision: Decision, protocol: Protocol, explain: bool) -> str:
+    """What the client of `protocol` is answered for a denial (`explain`: in explain mode)."""
+    response = denial(decision, protocol, explain, "https://jobgate/jwt/auth")
+    assert isinstance(response, web.Response) and response.text is not None
+    body = response.text.strip()
+    if response.content_type == "application/json":
+        body = json.dumps(json.loads(body), separators=(",", ":"))
+    return f"{response.status} {body}"
+
+
+def render(
+    method: str, path: str, route_line: str, decision: Decision, checks: list[Check],
+    protocol: Protocol = Protocol.API,
+) -> str:  # fmt: skip
     """The explanation as text: the route, every check, the decision and what the client sees."""
     lines = [f"request   {method} {path}", f"route     {route_line}"]
     for check in checks:
@@ -40,8 +59,8 @@ def render(method: str, path: str, route_line: str, decision: Decision, checks: 
     verdict = "ALLOW" if decision.allowed else "DENY"
     lines.append(f"decision  {verdict} ({decision.reason.value})")
     if not decision.allowed:
-        lines.append('client    404 {"message":"404 Not Found"}')
-        lines.append(f"explain   403 {explain_message(decision)}")
+        lines.append(f"client    {client_answer(decision, protocol, explain=False)}")
+        lines.append(f"explain   {client_answer(decision, protocol, explain=True)}")
     return "\n".join(lines)
 
 
@@ -69,7 +88,9 @@ async def _explain(store: Store, args: argparse.Namespace, scope: ScopeConfig) -
         f" (action {action.name}, needs level {action.min_level}, policy {action.policy or 'none'}, "
         f"upstream {matched.route.upstream})" if action else " (about the job itself)"
     )  # fmt: skip
-    return (0 if decision.allowed else 1), render(method, parts.path, route_line, decision, checks)
+    return (0 if decision.allowed else 1), render(
+        method, parts.path, route_line, decision, checks, matched.route.protocol
+    )
 
 
 def explain_main(args: argparse.Namespace) -> int:

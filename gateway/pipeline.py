@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import MultiDict, MultiDictProxy, MultiMapping
 
 from . import responses
-from .authorize import NO_CREDENTIAL, Authorizer, FailureLimiter
+from .authorize import INVALID_REGISTRY_TOKEN, NO_CREDENTIAL, Authorizer, FailureLimiter
 from .cache import DecisionCache, Outcome
 from .config import Config
 from .credentials import (
@@ -105,12 +105,16 @@ def realm(request: web.Request, config: Config) -> str:
     return base + "/jwt/auth"
 
 
+def _bearer(request: web.Request) -> str | None:
+    """The token an `Authorization: Bearer` header carries, if any."""
+    scheme, _, token = request.headers.get(AUTHORIZATION, "").partition(" ")
+    return (token.strip() or None) if scheme.lower() == "bearer" else None
+
+
 def registry_grant(request: web.Request, issuer: RegistryTokens) -> RegistryGrant | None:
     """The verified registry token a `/v2/` request carries, if any."""
-    scheme, _, token = request.headers.get(AUTHORIZATION, "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return issuer.verify(token.strip(), time.time())
+    token = _bearer(request)
+    return None if token is None else issuer.verify(token, time.time())
 
 
 async def evaluate(
@@ -161,8 +165,8 @@ async def evaluate(
         grants = grant.allows(matched.params.get("repo", ""), REGISTRY_ACTION_NAMES.get(action, ""))
     authorizer, scope = gateway.authorizer, config.scope
     try:
-        if locator is None:
-            outcome = NO_CREDENTIAL
+        if locator is None:  # a Bearer that did not verify is a dead registry token: re-challenge
+            outcome = INVALID_REGISTRY_TOKEN if is_registry and _bearer(request) else NO_CREDENTIAL
         else:
             outcome = (authorizer.warm(action, matched.target, locator, scope, grants)
                        or await authorizer.read(action, matched.target, locator, scope, grants))  # fmt: skip

@@ -20,12 +20,14 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
-from .admin import build_admin
+from .admin import build_admin, set_admin_token
 from .app import GATEWAY, build_gateway
-from .config import PRIVATE_REDIS_URL, Address, Config, ConfigError, load_config
-from .devredis import RedisProcess
+from .config import PRIVATE_REDIS_URL, Address, Config, ConfigError, load_config, restart_keys
+from .devredis import PortTaken, RedisNotInstalled, RedisProcess
+from .protocols.registry import TokenIssuer, issuer_for
+from .signing import SigningKeyError, ensure_key_file, load_key
 from .store import Store, connect
 
 log = logging.getLogger("jobgate")
@@ -90,25 +92,68 @@ def _close_later(session: aiohttp.ClientSession) -> None:
     task.add_done_callback(_closing.discard)
 
 
-def reload_config(app: web.Application, path: str) -> bool:
-    """Validate `path` and swap it in; on any problem keep serving the old config."""
+class Reloader:
+    """SIGHUP in one process: read and check the file once, apply it to everything this
+    process serves (gateway, admin token, signing key), keep the old config on any problem.
+
+    The process that announces (the single process, or the `--workers` parent) writes the
+    one log line, counts the one reload and names the keys that need a restart; a worker
+    applies what its parent announced, silently.
+    """
+
+    def __init__(self, path: str, started: Config, reloads: Counter | None) -> None:
+        self.path = path
+        self.started = started  # the listeners, TLS and Redis in force until a restart
+        self.reloads = reloads  # None: a worker, whose parent announces
+        self.gateway: web.Application | None = None
+        self.admin: web.Application | None = None
+
+    def __call__(self) -> bool:
+        """Reload now; False when the file was rejected (the old config stays in force)."""
+        issuer = None
+        try:
+            config = load_config(self.path)
+            if self.reloads is not None:  # created here, before any worker reads it
+                ensure_key_file(config.registry.signing_key_file)
+            if self.gateway is not None:
+                issuer = issuer_for(config.registry)  # the key file is read again
+            else:
+                load_key(config.registry.signing_key_file)
+        except (ConfigError, SigningKeyError) as exc:
+            for problem in exc.problems if isinstance(exc, ConfigError) else [str(exc)]:
+                log.error("reload rejected, keeping the old config: %s", problem)
+            if self.reloads is not None:
+                self.reloads.labels("rejected").inc()
+            return False
+        if self.gateway is not None and issuer is not None:
+            _apply_to_gateway(self.gateway, config, issuer)
+        if self.admin is not None and config.admin_token:
+            set_admin_token(self.admin, config.admin_token)
+        if self.reloads is not None:
+            restart = restart_keys(self.started, config)
+            needs = f"; not applied, needs a restart: {', '.join(restart)}" if restart else ""
+            log.info("config reloaded from %s%s", self.path, needs)
+            self.reloads.labels("applied").inc()
+        return True
+
+
+def _apply_to_gateway(app: web.Application, config: Config, issuer: TokenIssuer) -> None:
     gateway = app[GATEWAY]
-    runtime, metrics = gateway.runtime, gateway.metrics
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            log.error("reload rejected, keeping the old config: %s", problem)
-        metrics.reloads.labels("rejected").inc()
-        return False
-    retired = runtime.apply(config)
+    retired = gateway.runtime.apply(config)
+    gateway.issuer = issuer
+    if gateway.cache.enabled and config.cache.ttl > 0:  # turning it on or off needs a restart
+        gateway.cache.ttl, gateway.cache.max_entries = config.cache.ttl, config.cache.max_entries
     gateway.cache.flush()  # remembered decisions were made under the old scope settings
     loop = asyncio.get_running_loop()
     for session in retired:  # let requests in flight on the old clients finish
         loop.call_later(DRAIN_SECONDS, _close_later, session)
-    metrics.reloads.labels("applied").inc()
-    log.info("config reloaded from %s", path)
-    return True
+
+
+def reload_config(app: web.Application, path: str) -> bool:
+    """Validate `path` and swap it into the gateway `app`; on any problem keep the old config."""
+    reloader = Reloader(path, app[GATEWAY].runtime.config, app[GATEWAY].metrics.reloads)
+    reloader.gateway = app
+    return reloader()
 
 
 def _multiprocess_registry() -> CollectorRegistry:
@@ -120,10 +165,11 @@ def _multiprocess_registry() -> CollectorRegistry:
 
 
 async def serve(config: Config, config_path: str, *, gateway: bool = True, control: bool = True,
-                reuse_port: bool = False, stop: asyncio.Event | None = None) -> int:  # fmt: skip
+                reuse_port: bool = False, stop: asyncio.Event | None = None,
+                reloader: Reloader | None = None) -> int:  # fmt: skip
     """Serve the gateway and/or the control listeners until SIGTERM/SIGINT, then drain.
 
-    With `stop` given, the caller owns the signals and sets it to stop.
+    With `stop` given, the caller owns the signals (SIGHUP: `reloader`) and sets it to stop.
     """
     runners: list[web.AppRunner] = []
     app: web.Application | None = None
@@ -138,8 +184,12 @@ async def serve(config: Config, config_path: str, *, gateway: bool = True, contr
     else:
         store = Store(connect(config.redis.effective_url, config.redis.timeout), config.redis.key_prefix)
         registry = _multiprocess_registry()
+    if reloader is None:  # the single process announces its reloads; a worker does not
+        reloader = Reloader(config_path, config, app[GATEWAY].metrics.reloads if app and control else None)
+    reloader.gateway = app
     if control and config.admin_listen and config.admin_token:
-        runners.append(await _start(build_admin(store, config.admin_token), config.admin_listen))
+        reloader.admin = build_admin(store, config.admin_token)
+        runners.append(await _start(reloader.admin, config.admin_listen))
     if control and config.metrics_listen:
         runners.append(await _start(build_metrics_app(store, registry), config.metrics_listen))
     if gateway:
@@ -154,9 +204,7 @@ async def serve(config: Config, config_path: str, *, gateway: bool = True, contr
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
-        if app is not None:
-            gateway_app = app
-            loop.add_signal_handler(signal.SIGHUP, lambda: reload_config(gateway_app, config_path))
+        loop.add_signal_handler(signal.SIGHUP, reloader)
     try:
         await stop.wait()
         log.info("draining in-flight requests")
@@ -192,9 +240,12 @@ async def _supervise(config: Config, config_path: str, workers: list[int]) -> in
     loop = asyncio.get_running_loop()
     forward = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGTERM, signal.SIGHUP: signal.SIGHUP}
     stop = asyncio.Event()
-    control = asyncio.ensure_future(serve(config, config_path, gateway=False, stop=stop))
+    reloader = Reloader(config_path, config, _reloads_counter())
+    control = asyncio.ensure_future(serve(config, config_path, gateway=False, stop=stop, reloader=reloader))
     for received, sent in forward.items():
         loop.add_signal_handler(received, _forwarder(workers, sent, stop if sent is signal.SIGTERM else None))
+    hup = _forwarder(workers, signal.SIGHUP, None)
+    loop.add_signal_handler(signal.SIGHUP, lambda: reloader() and hup())  # workers apply what was checked
     code = 0
     while not stop.is_set():
         await asyncio.sleep(0.2)
@@ -223,6 +274,12 @@ async def _supervise(config: Config, config_path: str, workers: list[int]) -> in
     return code
 
 
+def _reloads_counter() -> Counter:
+    """The parent's `jobgate_config_reloads_total` (its workers do not count reloads)."""
+    return Counter("jobgate_config_reloads_total", "Config reloads (SIGHUP) by result: applied or rejected.",
+                   ["result"], registry=None)  # fmt: skip
+
+
 def _mark_dead(pid: int) -> None:
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
@@ -243,10 +300,32 @@ def _forwarder(workers: list[int], sig: signal.Signals, stop: asyncio.Event | No
 
 def run(config: Config, config_path: str, workers: int) -> int:
     """`jobgate serve`: one process, or a parent with `workers` forked gateway workers."""
+    key_file = config.registry.signing_key_file
+    try:  # before any fork: every worker signs with the one key in this file
+        if ensure_key_file(key_file):
+            log.info("created the registry signing key %s", key_file)
+        load_key(key_file)
+    except SigningKeyError as exc:
+        log.error("%s", exc)
+        return 2
     private = None
     if config.redis.url is None:
         port = int(PRIVATE_REDIS_URL.rsplit(":", 1)[1].split("/")[0])
-        private = RedisProcess(port).start()
+        try:
+            private = RedisProcess(port).start()
+        except RedisNotInstalled as exc:
+            log.error("no redis.url in %s and %s", config_path, exc)
+            return 2
+        except PortTaken:
+            log.error(
+                "no redis.url in %s, and the private redis-server's port 127.0.0.1:%d is taken (another "
+                "jobgate serve?): stop what listens there, or set redis.url to the Redis to use",
+                config_path, port,
+            )  # fmt: skip
+            return 2
+        except RuntimeError as exc:
+            log.error("the private redis-server did not start: %s", exc)
+            return 2
         log.info("started a private redis-server at %s", private.url)
     try:
         if workers <= 1:

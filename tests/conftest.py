@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,20 @@ from gateway.app import build_gateway
 from gateway.config import UPSTREAM_NAMES, parse_config
 from gateway.devredis import RedisProcess
 from gateway.store import Store, connect
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """XDG_STATE_HOME for the session: the default registry signing key (and every `jobgate
+    serve` the tests start) lives in a temporary state directory, not the machine's."""
+    previous = os.environ.get("XDG_STATE_HOME")
+    directory = tmp_path_factory.mktemp("state")
+    os.environ["XDG_STATE_HOME"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -228,6 +228,10 @@ class RegistryServer(ServerProcess):
     name = "registry"
     probe = "/v2/"
 
+    def __init__(self, root: Path, token_auth: dict[str, str] | None = None) -> None:
+        super().__init__(root)
+        self.token_auth = token_auth  # `auth: {token: ...}`: it verifies registry tokens itself
+
     def command(self) -> list[str]:
         binary = require("docker-registry", "docker-registry")
         conf = self.root / "config.yml"
@@ -241,6 +245,7 @@ class RegistryServer(ServerProcess):
                         "delete": {"enabled": True},
                     },
                     "http": {"addr": f"127.0.0.1:{self.port}"},
+                    **({"auth": {"token": self.token_auth}} if self.token_auth else {}),
                 }
             )
         )  # JSON is YAML

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,65 @@ def test_admin_listener_stays_on_loopback_unless_said_otherwise(tmp_path: Path) 
     with pytest.raises(ConfigError, match=r"admin_listen: 0\.0\.0\.0 is not a loopback address"):
         load_config(write(tmp_path, text), env={})
     assert load_config(write(tmp_path, text + "admin_public: true\n"), env={}).admin_listen is not None
+
+
+LATE_KEYS = """
+listen: 127.0.0.1:8080
+metrics_listen: localhost
+explain: maybe
+public_url: jobgate.example.com
+limits: {max_token_length: big, max_form_body: -1, idle_timeout: soon, body_idle_timeout: 0,
+         failed_auth_per_minute: many}
+redis: {url: "redis://127.0.0.1:notaport/0"}
+upstreams: {git: {url: "http://127.0.0.1:1"}}
+"""
+
+
+def test_keys_read_last_are_checked_with_the_rest(tmp_path: Path) -> None:
+    # these were read after the `if problems: raise`: `check` said ok, `serve` ignored or crashed
+    path = write(tmp_path, LATE_KEYS)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.problems == [
+        f"{path}: redis.url: expected host[:port] in the Redis URL, got '127.0.0.1:notaport' in "
+        "'redis://127.0.0.1:notaport/0'",
+        f"{path}: metrics_listen: expected host:port, got 'localhost'",
+        f"{path}: explain: expected true or false, got 'maybe'",
+        f"{path}: limits.max_token_length: expected a positive number, got 'big'",
+        f"{path}: limits.max_form_body: expected a positive number, got -1",
+        f"{path}: limits.failed_auth_per_minute: expected a positive number, got 'many'",
+        f"{path}: limits.idle_timeout: expected a positive number, got 'soon'",
+        f"{path}: limits.body_idle_timeout: expected a positive number, got 0",
+        f"{path}: public_url: expected an http(s) URL, got 'jobgate.example.com'",
+    ]
+    checked = subprocess.run(
+        [sys.executable, "-m", "gateway", "check", "--config", str(path)], capture_output=True, text=True
+    )
+    assert checked.returncode == 2 and checked.stderr.count(f"{path}: ") == 9
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://127.0.0.1:notaport/0", "expected host[:port]"),
+        ("redis://127.0.0.1:70000/0", "expected host[:port]"),
+        ("redis://:6379/0", "expected host[:port]"),
+        ("redis://127.0.0.1:6379/zero", "expected a database number"),
+        ("unix://", "expected unix:///path"),
+        ("redis://127.0.0.1:6379/0", None),
+        ("redis://:secret@redis:6379", None),
+        ("rediss://[::1]:6380/2", None),
+        ("redis+cluster://10.0.0.1:7000/0", None),
+        ("redis+sentinel://s1:26379,s2:26379/mymaster/0", None),
+        ("unix:///run/redis.sock", None),
+    ],
+)
+def test_redis_urls(url: str, problem: str | None) -> None:
+    from gateway.config import parse_config
+
+    data = {"listen": "127.0.0.1:1", "redis": {"url": url}, "upstreams": {"git": {"url": "http://x:1"}}}
+    if problem is None:
+        assert parse_config(data, "gw.yaml", env={}).redis.url == url
+        return
+    with pytest.raises(ConfigError, match=f"gw.yaml: redis.url: {re.escape(problem)}"):
+        parse_config(data, "gw.yaml", env={})

@@ -40,9 +40,9 @@ async def test_explain_allowed_and_three_denials(redis_server: RedisProcess, sto
     assert outbound.returncode == 1
     assert "FAIL  outbound scope: team/data on group/app's outbound allowlist: False" in outbound.stdout
     assert "decision  DENY (outside_scope)" in outbound.stdout
-    assert "explain   403 Authentication by CI/CD job token not allowed from group/app to team/data." in (
-        outbound.stdout
-    )
+    assert 'client    404 {"message":"404 Not Found"}' in outbound.stdout
+    assert ('explain   403 {"message":"Authentication by CI/CD job token not allowed from group/app to '
+            'team/data."}') in outbound.stdout  # fmt: skip
 
     inbound = explain(redis_server, "--job", "100", "GET", "/api/v4/projects/2/releases")
     assert "FAIL  inbound scope: other/lib's inbound allowlist entry for group/app: none" in inbound.stdout

@@ -491,3 +491,21 @@ async def test_a_token_hidden_in_the_request_id_is_masked(
     err = capfd.readouterr().err
     assert '"request_id":"id-[MASKED]"' in err and token not in err
     assert upstream.last.headers["x-request-id"] == ["id-[MASKED]"]
+
+
+async def test_answers_jobgate_gives_itself_carry_their_bytes_out(
+    gateway: Any, upstream: RecordingUpstream, world: World, capfd: Any
+) -> None:
+    job = await gateway.get("/api/v4/job", headers={"JOB-TOKEN": world.tokens["100"]})
+    body = await job.read()
+    assert job.status == 200 and body
+    denied = await gateway.get("/api/v4/projects/99/packages/generic/a/1/a")
+    denied_body = await denied.read()
+    from gateway.app import GATEWAY
+
+    gateway.app[GATEWAY].metrics.fold()
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith('{"time"')]
+    by_route = {line["route"]: line for line in lines}
+    assert by_route["job"]["bytes_out"] == len(body)  # was 0: only proxied bytes were counted
+    assert by_route["packages_read"]["bytes_out"] == len(denied_body)
+    assert upstream.requests == []

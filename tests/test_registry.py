@@ -11,20 +11,37 @@ import pytest
 
 from gateway.app import GATEWAY
 from gateway.protocols.registry import MAX_SCOPES, TokenIssuer, parse_scopes
+from gateway.signing import SigningKey
 
 from .conftest import RecordingUpstream, World, basic
 
+KEY = SigningKey.generate()
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
 
 def test_issuer_roundtrip_and_forgeries() -> None:
-    issuer = TokenIssuer("secret", ttl=60)
+    issuer = TokenIssuer(KEY, ttl=60)
     token = issuer.mint("d" * 64, [{"type": "repository", "name": "g/app", "actions": ["pull"]}], 1000.0)
     grant = issuer.verify(token, 1010.0)
     assert grant is not None and grant.key == "d" * 64 and grant.access == {"g/app": {"pull"}}
     assert issuer.verify(token, 1061.0) is None  # expired
-    assert TokenIssuer("other").verify(token, 1010.0) is None  # another secret
+    assert TokenIssuer(SigningKey.generate()).verify(token, 1010.0) is None  # another key
     header, payload, signature = token.split(".")
     assert issuer.verify(f"{header}.{payload}x.{signature}", 1010.0) is None
     assert issuer.verify("not-a-jwt", 1010.0) is None
+    hs256 = _b64({"alg": "HS256", "typ": "JWT", "kid": KEY.kid})
+    assert issuer.verify(f"{hs256}.{payload}.{signature}", 1010.0) is None  # no algorithm swap
+
+
+def test_tokens_are_rs256_with_gitlabs_kid_and_claims() -> None:
+    token = TokenIssuer(KEY, ttl=60).mint("d" * 64, [], 1000.0)
+    header, payload = (json.loads(base64.urlsafe_b64decode(p + "==")) for p in token.split(".")[:2])
+    assert header == {"alg": "RS256", "typ": "JWT", "kid": KEY.kid}
+    assert payload["aud"] == "container_registry" and payload["iss"] == "jobgate"
+    assert (payload["nbf"], payload["iat"], payload["exp"]) == (995, 1000, 1060)
 
 
 def test_scope_parsing() -> None:
@@ -188,3 +205,20 @@ async def test_anonymous_pull_off_refuses_without_credentials(make_gateway: Any,
     closed = await make_gateway(registry={"anonymous_pull": False})
     resp = await closed.get("/jwt/auth?service=container_registry&scope=repository:open/lib/img:pull")
     assert resp.status == 401
+
+
+async def test_a_forged_registry_token_is_recorded_as_invalid_not_as_no_credential(
+    gateway: Any, upstream: RecordingUpstream, world: World
+) -> None:
+    forged = TokenIssuer(SigningKey.generate()).mint("d" * 64, [], __import__("time").time())
+    resp = await gateway.get("/v2/group/app/img/manifests/v1", headers={"Authorization": f"Bearer {forged}"})
+    assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer realm=")
+    metrics = gateway.app[GATEWAY].metrics
+    metrics.fold()
+
+    def denied(reason: str) -> float | None:
+        labels = {"result": "deny", "reason": reason}
+        return metrics.registry.get_sample_value("jobgate_auth_decisions_total", labels)
+
+    assert denied("invalid_registry_token") == 1 and denied("no_credential") is None
+    assert upstream.requests == []

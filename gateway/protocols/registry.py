@@ -17,8 +17,6 @@ projects' images (`registry.anonymous_pull`).
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -29,11 +27,13 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from .. import responses
+from ..config import RegistryConfig
 from ..credentials import CredentialError, extract_credential
 from ..model import RegistryGrant, TargetRef
 from ..observe import RequestLog
 from ..pipeline import Gateway
 from ..routes import REGISTRY_ACTIONS, repo_ref
+from ..signing import SigningKey, load_or_create_key
 from ..store import ANONYMOUS_KEY, StoreUnavailable, credential_key
 
 SERVICE = responses.REGISTRY_SERVICE
@@ -51,18 +51,18 @@ def _unb64(text: str) -> bytes:
 
 
 class TokenIssuer:
-    """Mints and verifies HS256 registry tokens with a secret shared by every replica."""
+    """Mints and verifies RS256 registry tokens (GitLab's `kid`) with the key every replica shares."""
 
-    def __init__(self, secret: str, ttl: int = 300) -> None:
-        self._key = hashlib.sha256(("jobgate-registry:" + secret).encode()).digest()
+    def __init__(self, key: SigningKey, ttl: int = 300) -> None:
+        self._key = key
         self.ttl = ttl
 
     def _sign(self, signing_input: str) -> str:
-        return _b64(hmac.new(self._key, signing_input.encode(), hashlib.sha256).digest())
+        return _b64(self._key.sign(signing_input.encode()))
 
     def mint(self, key: str, access: list[dict[str, object]], now: float) -> str:
         """A registry token for the job token with credential key `key`."""
-        header = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+        header = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": self._key.kid}).encode())
         claims: dict[str, object] = {
             "iss": ISSUER, "aud": SERVICE, "jti": secrets.token_hex(12),
             "iat": int(now), "nbf": int(now) - 5, "exp": int(now) + self.ttl,
@@ -76,11 +76,14 @@ class TokenIssuer:
     def verify(self, token: str, now: float) -> RegistryGrant | None:
         """The grant of a token this issuer minted and that has not expired, else None."""
         parts = token.split(".")
-        if len(parts) != 3 or not token.isascii():  # compare_digest takes ASCII strings only
-            return None
-        if not hmac.compare_digest(self._sign(parts[0] + "." + parts[1]), parts[2]):
+        if len(parts) != 3 or not token.isascii():
             return None
         try:
+            if not self._key.verify(_unb64(parts[2]), (parts[0] + "." + parts[1]).encode()):
+                return None
+            header = json.loads(_unb64(parts[0]))
+            if header["alg"] != "RS256" or header.get("kid") != self._key.kid:
+                return None
             claims = json.loads(_unb64(parts[1]))
             if claims["aud"] != SERVICE or not claims["nbf"] <= now < claims["exp"]:
                 return None
@@ -92,6 +95,11 @@ class TokenIssuer:
             return RegistryGrant(str(claims["jgk"]), access)
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+def issuer_for(config: RegistryConfig) -> TokenIssuer:
+    """The issuer signing with the key in `registry.signing_key_file` (created when missing)."""
+    return TokenIssuer(load_or_create_key(config.signing_key_file), config.token_ttl)
 
 
 def parse_scopes(values: Iterable[str]) -> list[tuple[str, list[str]]]:

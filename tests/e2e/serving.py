@@ -20,6 +20,7 @@ from gateway.devredis import free_port
 from gateway.observe import Metrics
 
 HERE = Path(__file__).parent
+SHIPPED = HERE.parent.parent / "config" / "gateway.yaml"
 
 
 def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
@@ -42,23 +43,42 @@ class JobgateProcess:
     """`jobgate serve` in a subprocess on free ports, with its stderr captured to a file."""
 
     def __init__(
-        self, directory: Path, redis_url: str, upstreams: dict[str, str], workers: int = 1, **extra: Any
-    ) -> None:
+        self, directory: Path, redis_url: str, upstreams: dict[str, str], workers: int | None = 1,
+        **extra: Any,
+    ) -> None:  # workers None: the default (one per core)
         self.directory = directory
         self.workers = workers
         self.port, self.admin_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.config = {
+        addresses = {
             "listen": f"127.0.0.1:{self.port}",
             "admin_listen": f"127.0.0.1:{self.admin_port}",
             "metrics_listen": f"127.0.0.1:{self.metrics_port}",
-            "admin_token": "e2e-admin-token",
             "redis": {"url": redis_url},
+        }
+        self.config: dict[str, Any] = {
+            **addresses,
+            "admin_token": "e2e-admin-token",
             "upstreams": {name: {"url": url} for name, url in upstreams.items()},
             **extra,
         }
         self.config_path = directory / "jobgate.yaml"
         self.log_path = directory / "jobgate.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def shipped(
+        cls, directory: Path, redis_url: str, upstreams: dict[str, str], **extra: Any
+    ) -> JobgateProcess:
+        """config/gateway.yaml as shipped and the default flags (`--workers`: one per core),
+        with only addresses and ports changed."""
+        gateway = cls(directory, redis_url, upstreams, workers=None)
+        config: dict[str, Any] = yaml.safe_load(SHIPPED.read_text())
+        for name, url in upstreams.items():
+            config["upstreams"][name]["url"] = url
+        for key in ("listen", "admin_listen", "metrics_listen", "redis"):
+            config[key] = gateway.config[key]
+        gateway.config = {**config, **extra}
+        return gateway
 
     @property
     def url(self) -> str:
@@ -74,7 +94,7 @@ class JobgateProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "serve", "--config", str(self.config_path),
-                 "--workers", str(self.workers)],
+                 *(["--workers", str(self.workers)] if self.workers is not None else [])],
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         wait_http(f"http://127.0.0.1:{self.metrics_port}/-/health", self.process, self.log_path)

@@ -1,9 +1,14 @@
-"""Real skopeo pushes and pulls through jobgate in front of Debian's docker-registry."""
+"""Real skopeo pushes and pulls through jobgate in front of Debian's docker-registry.
+
+Every jobgate here runs the shipped config's settings and the default flags (a worker per
+core, no `registry` key: the signing key is created in the state directory by `serve`).
+"""
 
 from __future__ import annotations
 
 import random
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,10 +29,9 @@ def setup(
     # a layer over a MiB: its blob is relayed socket to socket (gateway/relay.py); skopeo checks its digest
     big = random.Random(7).randbytes(3 << 20)
     write_oci_layout(tmp_path / "image", "v1", {"hello.txt": b"hello from the image\n", "big.bin": big})
-    with RegistryServer(tmp_path) as registry, JobgateProcess(
-        tmp_path, redis_server.url, {"container_registry": registry.url},
-        registry={"token_secret": "e2e-registry-secret"},
-    ) as gw:  # fmt: skip
+    with RegistryServer(tmp_path) as registry, JobgateProcess.shipped(
+        tmp_path, redis_server.url, {"container_registry": registry.url}
+    ) as gw:
         gw.admin("project", "set", "1", "--path", "group/app", "--visibility", "private")
         gw.admin("project", "set", "2", "--path", "other/private", "--visibility", "private")
         gw.admin("project", "set", "3", "--path", "team/shared", "--visibility", "private")
@@ -116,3 +120,61 @@ def test_anonymous_pull_of_a_public_image(
     push = skopeo(tmp_path, "copy", "--dest-tls-verify=false", "--dest-no-creds",
                   f"oci:{tmp_path}/image:v1", f"{gateway}/open/lib/image:v2")  # fmt: skip
     assert push.returncode != 0
+
+
+def test_twenty_pushes_and_pulls_through_the_shipped_config(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    # Before RS256 with one key file, each worker signed with its own random secret: a registry
+    # token minted by one worker was refused by the other, and 6 of 6 pushes failed.
+    files = {"hello.txt": b"hello\n", "data.bin": random.randbytes(64 << 10)}
+    write_oci_layout(tmp_path / "image", "v1", files)
+    with RegistryServer(tmp_path) as registry, JobgateProcess.shipped(
+        tmp_path, redis_server.url, {"container_registry": registry.url}
+    ) as gw:
+        assert "registry" not in gw.config and gw.workers is None
+        gw.admin("project", "set", "21", "--path", "ship/app", "--visibility", "private")
+        gw.admin("member", "set", "21", "7", "30")
+        token = gw.admin("job", "start", "--id", "2100", "--project", "21", "--user", "7")
+        started = time.monotonic()
+        for round_ in range(20):
+            repo = f"ship/app/image{round_}"
+            pushed = push(tmp_path, gw, token, repo)
+            assert pushed.returncode == 0, (round_, pushed.stderr)
+            pulled = pull(tmp_path, gw, token, repo, f"pulled{round_}")
+            assert pulled.returncode == 0, (round_, pulled.stderr)
+        print(f"20 pushes and pulls in {time.monotonic() - started:.1f} s")
+        log = gw.log()
+    assert token not in log
+    assert '"reason":"invalid_registry_token"' not in log  # every worker accepts every worker's tokens
+    assert len({line.split('"pid":')[1].split(",")[0] for line in log.splitlines()
+                if '"route":"registry_' in line}) == 2  # both workers served the registry  # fmt: skip
+
+
+def test_a_registry_verifying_tokens_itself_accepts_jobgates(
+    tmp_path: Path, redis_server: RedisProcess
+) -> None:
+    """docker-registry in token mode checks the RS256 signature against `jobgate admin registry
+    certificate` by the token's `kid` (libtrust's key id), then its issuer, audience and access."""
+    write_oci_layout(tmp_path / "image", "v1", {"hello.txt": b"hello from the image\n"})
+    gw = JobgateProcess.shipped(tmp_path, redis_server.url, {"container_registry": "http://127.0.0.1:1"})
+    gw.config_path.write_text(__import__("yaml").safe_dump(gw.config))
+    bundle = tmp_path / "rootcertbundle.pem"
+    bundle.write_text(gw.admin("registry", "certificate") + "\n")
+    auth = {"realm": f"{gw.url}/jwt/auth", "service": "container_registry", "issuer": "jobgate",
+            "rootcertbundle": str(bundle)}  # fmt: skip
+    with gw, RegistryServer(tmp_path, token_auth=auth) as registry:
+        gw.admin("project", "set", "31", "--path", "direct/app", "--visibility", "private")
+        gw.admin("member", "set", "31", "7", "30")
+        token = gw.admin("job", "start", "--id", "3100", "--project", "31", "--user", "7")
+        target = f"docker://127.0.0.1:{registry.port}/direct/app/image:v1"
+        pushed = skopeo(tmp_path, "copy", "--dest-tls-verify=false", "--dest-creds",
+                        f"gitlab-ci-token:{token}", f"oci:{tmp_path}/image:v1", target)  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+        pulled = skopeo(tmp_path, "copy", "--src-tls-verify=false", "--src-creds",
+                        f"gitlab-ci-token:{token}", target, f"oci:{tmp_path}/pulled:v1")  # fmt: skip
+        assert pulled.returncode == 0, pulled.stderr
+        elsewhere = f"docker://127.0.0.1:{registry.port}/else/where:v1"
+        other = skopeo(tmp_path, "copy", "--dest-tls-verify=false", "--dest-creds",
+                       f"gitlab-ci-token:{token}", f"oci:{tmp_path}/image:v1", elsewhere)  # fmt: skip
+        assert other.returncode != 0  # the token grants nothing outside the job's reach
