@@ -13,14 +13,12 @@ from pathlib import Path
 
 import gitlab
 import pytest
-import yaml
 
 from gateway.devredis import RedisProcess, free_port
 from gateway.store import Store
 
 from .serving import JobgateProcess, wait_http
 
-SHIPPED = Path(__file__).parents[2] / "config" / "gateway.yaml"
 FILE = "/api/v4/projects/2/packages/generic/tool/1.0/tool.bin"
 
 
@@ -40,15 +38,6 @@ def packages(tmp_path: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.wait()
-
-
-def shipped_config(gw: JobgateProcess, redis_url: str, packages: str) -> dict[str, object]:
-    """config/gateway.yaml as shipped, with only its addresses and ports changed."""
-    config = yaml.safe_load(SHIPPED.read_text())
-    config.update({key: gw.config[key] for key in ("listen", "admin_listen", "metrics_listen")})
-    config["redis"] = {"url": redis_url}
-    config["upstreams"]["packages"] = {"url": packages}
-    return config
 
 
 def admin_put(url: str, body: dict[str, str]) -> None:
@@ -74,9 +63,7 @@ def test_python_gitlab_drives_the_job_token_scope(
     tmp_path: Path, redis_server: RedisProcess, store: Store, packages: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("JOBGATE_ADMIN_TOKEN", "e2e-scope-admin")  # the shipped config reads it
-    gw = JobgateProcess(tmp_path, redis_server.url, {})
-    gw.config = shipped_config(gw, redis_server.url, packages)
-    with gw:
+    with JobgateProcess.shipped(tmp_path, redis_server.url, {"packages": packages}) as gw:
         gw.admin("project", "set", "1", "--path", "group/app", "--visibility", "private")
         gw.admin("project", "set", "2", "--path", "team/lib", "--visibility", "private")
         gw.admin("member", "set", "2", "7", "20")
