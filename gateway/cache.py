@@ -199,10 +199,10 @@ async def follow_invalidations(cache: DecisionCache, store: Store) -> None:
     """Keep the cache subscribed to the events channel; acknowledge each event after applying it."""
     backoff = 0.1
     while True:
-        pubsub = None
+        pubsub = store.client.pubsub()
         try:
             await store.client.ping()  # a cluster client learns its slots on first use
-            pubsub = await store.subscribe_events()
+            await pubsub.subscribe(store.events_channel)
             cache.flush()
             cache.available = True
             backoff = 0.1
@@ -221,8 +221,7 @@ async def follow_invalidations(cache: DecisionCache, store: Store) -> None:
         finally:
             cache.available = False
             cache.flush()
-            if pubsub is not None:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 2.0)

@@ -55,11 +55,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from .model import (
@@ -414,8 +410,6 @@ def connect(url: str, timeout: float) -> aioredis.Redis | RedisCluster:
     }
     if url.startswith(("redis+cluster://", "rediss+cluster://")):
         return RedisCluster.from_url(url.replace("+cluster", "", 1), **options)
-    # a pooled connection the server closed (it restarted) is replaced once, not answered 503
-    options.update(retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
     if url.startswith("redis+sentinel://"):
         from redis.asyncio.sentinel import Sentinel
 
@@ -465,20 +459,6 @@ class Store:
             except ResponseError as exc:
                 message = str(exc).split("script:", 1)[-1].split(" script:")[0].strip()
                 raise ControlError(message) from None
-
-    async def subscribe_events(self) -> PubSub:
-        """A subscription to the events channel that never reconnects by itself.
-
-        Commands retry once on a connection Redis closed (`connect`), but a subscription that
-        reconnected silently would have missed the events published meanwhile: its loss must
-        reach the caller, which then stops trusting its cache until it subscribes again.
-        """
-        pubsub = self.client.pubsub()
-        await pubsub.subscribe(self.events_channel)
-        connection = getattr(pubsub, "connection", None)
-        if connection is not None:
-            connection.retry = Retry(NoBackoff(), 0)
-        return pubsub
 
     async def announce(self, event: str, wait: float = ANNOUNCE_WAIT) -> int:
         """Publish `event` to caching gateways and wait (bounded) until each acknowledged it.
@@ -536,6 +516,12 @@ class Store:
             args = [*token_args, "path", *(p.lower() for p in target.paths)]
         else:
             args = [*token_args, "none"]
+        try:
+            return parse_access(await self._call(self._read_access, args))
+        except StoreUnavailable as exc:
+            if exc.args != ("ConnectionError",):
+                raise
+        # a pooled connection a restarted Redis closed fails once; its reconnection answers
         return parse_access(await self._call(self._read_access, args))
 
     # -- control plane --------------------------------------------------------

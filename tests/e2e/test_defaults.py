@@ -29,7 +29,7 @@ PRIVATE_PORT = 6479  # where `serve` starts its private redis-server (config.PRI
 
 
 def test_serve_creates_the_signing_key_once_before_it_forks(
-    tmp_path: Path, redis_server: RedisProcess
+    tmp_path: Path, redis_server: RedisProcess, store: Store
 ) -> None:
     key_file = tmp_path / "state" / "registry-signing-key.pem"
     gw = JobgateProcess.shipped(tmp_path, redis_server.url, {}, registry={"signing_key_file": str(key_file)})
@@ -49,7 +49,7 @@ def test_serve_creates_the_signing_key_once_before_it_forks(
 
 
 def test_serve_refuses_an_unreadable_key_file_before_forking(
-    tmp_path: Path, redis_server: RedisProcess
+    tmp_path: Path, redis_server: RedisProcess, store: Store
 ) -> None:
     key_file = tmp_path / "junk.pem"
     key_file.write_text("not a key")
@@ -62,7 +62,9 @@ def test_serve_refuses_an_unreadable_key_file_before_forking(
     assert "Traceback" not in done.stderr
 
 
-def test_request_ids_never_repeat_across_workers(tmp_path: Path, redis_server: RedisProcess) -> None:
+def test_request_ids_never_repeat_across_workers(
+    tmp_path: Path, redis_server: RedisProcess, store: Store
+) -> None:
     with JobgateProcess(tmp_path, redis_server.url, {"api": "http://127.0.0.1:1"}, workers=2) as gw:
         for _ in range(200):  # a connection each: SO_REUSEPORT spreads them over both workers
             with contextlib.suppress(urllib.error.HTTPError):

@@ -123,7 +123,7 @@ def test_anonymous_pull_of_a_public_image(
 
 
 def test_twenty_pushes_and_pulls_through_the_shipped_config(
-    tmp_path: Path, redis_server: RedisProcess
+    tmp_path: Path, redis_server: RedisProcess, store: Store
 ) -> None:
     # Before RS256 with one key file, each worker signed with its own random secret: a registry
     # token minted by one worker was refused by the other, and 6 of 6 pushes failed.
@@ -152,7 +152,7 @@ def test_twenty_pushes_and_pulls_through_the_shipped_config(
 
 
 def test_a_registry_verifying_tokens_itself_accepts_jobgates(
-    tmp_path: Path, redis_server: RedisProcess
+    tmp_path: Path, redis_server: RedisProcess, store: Store
 ) -> None:
     """docker-registry in token mode checks the RS256 signature against `jobgate admin registry
     certificate` by the token's `kid` (libtrust's key id), then its issuer, audience and access."""
