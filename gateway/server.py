@@ -3,7 +3,8 @@
 One process (`--workers 1`) serves all three listeners. With N workers the parent keeps
 the admin and metrics listeners and forks N workers that share the gateway port through
 SO_REUSEPORT; their metrics meet in prometheus-client's multiprocess directory, which the
-parent's `/metrics` reads. SIGTERM drains (parent forwards it), SIGHUP reloads (likewise).
+parent's `/metrics` reads. SIGTERM drains (parent forwards it); SIGHUP reloads (the parent
+checks the file once and announces it, then forwards it to the workers, which apply it).
 """
 
 from __future__ import annotations
@@ -238,7 +239,7 @@ def _spawn_worker(config: Config, config_path: str) -> int:
 async def _supervise(config: Config, config_path: str, workers: list[int]) -> int:
     """The parent of N workers: control listeners, signal forwarding, exit when one dies."""
     loop = asyncio.get_running_loop()
-    forward = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGTERM, signal.SIGHUP: signal.SIGHUP}
+    forward = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGTERM}
     stop = asyncio.Event()
     reloader = Reloader(config_path, config, _reloads_counter())
     control = asyncio.ensure_future(serve(config, config_path, gateway=False, stop=stop, reloader=reloader))

@@ -26,7 +26,7 @@ def setup(tmp_path: Path, redis_server: RedisProcess, store: Store) -> Iterator[
         server.create_repo("group/app.git", {"README.md": b"app\n", "src/main.py": b"print('hi')\n"})
         server.create_repo("other/secret.git", {"SECRET": b"s\n"})
         server.create_repo("pub/lib.git", {"LIB": b"lib\n"})
-        with JobgateProcess(tmp_path, redis_server.url, {"git": server.url}) as gw:
+        with JobgateProcess.shipped(tmp_path, redis_server.url, {"git": server.url}) as gw:
             gw.admin("project", "set", "1", "--path", "group/app", "--visibility", "private")
             gw.admin("project", "set", "2", "--path", "other/secret", "--visibility", "private")
             gw.admin("project", "set", "3", "--path", "pub/lib", "--visibility", "public")

@@ -32,8 +32,9 @@ def test_pip_installs_through_jobgate_with_the_job_token(
     with PypiServer(tmp_path) as pypi:
         pypi.add_wheel("jgdemo", "1.0", b"VALUE = 42\n")
         upstream_auth = base64.b64encode(f"{pypi.user}:{pypi.password}".encode()).decode()
-        gw = JobgateProcess(tmp_path, redis_server.url, {})
-        gw.config["upstreams"] = {
+        gw = JobgateProcess.shipped(tmp_path, redis_server.url, {})
+        gw.config["upstreams"] = {  # the setting these tests are about
+            **gw.config["upstreams"],
             "packages": {
                 "url": pypi.url,
                 "path_rewrite": {f"^{PYPI}": ""},
@@ -73,8 +74,9 @@ def test_npm_installs_through_jobgate_with_a_bearer_job_token(
     with NpmRegistry(tmp_path, url_prefix=NPM) as registry:
         upstream_token = registry.add_user("uploader", "npm-password")
         registry.publish(upstream_token, "jgnpm", "1.0.0", "module.exports = 42;\n")
-        gw = JobgateProcess(tmp_path, redis_server.url, {})
-        gw.config["upstreams"] = {
+        gw = JobgateProcess.shipped(tmp_path, redis_server.url, {})
+        gw.config["upstreams"] = {  # the setting these tests are about
+            **gw.config["upstreams"],
             "packages": {
                 "url": registry.url,
                 "path_rewrite": {f"^{NPM}": "/"},

@@ -49,7 +49,7 @@ def files_upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
 def test_readme_worked_example(
     tmp_path: Path, redis_server: RedisProcess, store: Store, files_upstream: str
 ) -> None:
-    with JobgateProcess(tmp_path, redis_server.url, {"packages": files_upstream}) as gw:
+    with JobgateProcess.shipped(tmp_path, redis_server.url, {"packages": files_upstream}) as gw:
         gw.admin("project", "set", "1", "--path", "demo/app", "--visibility", "private")
         gw.admin("member", "set", "1", "7", "30")
         token = gw.admin("job", "start", "--id", "100", "--project", "1", "--user", "7")
