@@ -8,6 +8,7 @@ layout. HTTP API (bearer admin token, JSON bodies, on `admin_listen`):
     PUT    /admin/v1/projects/{id}/members/{user}     {access_level}      (0 removes)
     PUT    /admin/v1/projects/{source}/allowlist/{target}
     DELETE /admin/v1/projects/{source}/allowlist/{target}
+    PUT    /admin/v1/groups/{id}                      {path}  (a new path rewrites the group's entries)
     PUT    /admin/v1/projects/{target}/inbound/{source}  {policies: [...]} (absent: default)
     DELETE /admin/v1/projects/{target}/inbound/{source}  (source: id or URL-encoded group path)
     GET    /admin/v1/projects/{target}/inbound-suggestions  (from the authentication log)
@@ -19,6 +20,8 @@ layout. HTTP API (bearer admin token, JSON bodies, on `admin_listen`):
     POST   /admin/v1/jobs/{id}/erase
     POST   /admin/v1/triggers                         {project, owner}
     POST   /admin/v1/triggers/revoke                  {token}
+
+GitLab's job token scope REST API is served beside it under `/api/v4/` (gateway/scope_api.py).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import scope_api
 from .config import PRIVATE_REDIS_URL, ConfigError, RegistryConfig, ScopeConfig, load_config
 from .model import ACCESS_LEVELS, FINISH_STATUSES, VISIBILITIES
 from .signing import SigningKeyError, load_or_create_key
@@ -64,8 +68,16 @@ def _error(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def admin_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bearer admin token on every call; control errors become clear 4xx answers."""
+    """Bearer admin token on every call; control errors become clear 4xx answers.
+
+    GitLab's API under `/api/v4/` also takes it as `PRIVATE-TOKEN`, and refuses as GitLab does.
+    """
     expected = request.app[ADMIN_TOKEN].value.encode()
+    if request.path.startswith(scope_api.PREFIX):
+        sent = scope_api.credential(request)
+        if sent is None or not hmac.compare_digest(sent.encode("utf-8", "surrogateescape"), expected):
+            return scope_api.unauthorized()
+        return await _answer(request, handler)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
         return web.json_response(
@@ -73,6 +85,10 @@ async def admin_guard(request: web.Request, handler: Handler) -> web.StreamRespo
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="jobgate-admin"'},
         )
+    return await _answer(request, handler)
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ControlError as exc:
@@ -187,6 +203,16 @@ async def _inbound(request: web.Request) -> web.Response:
     return web.json_response({"target": target, "source": entry, "present": present})
 
 
+async def _put_group(request: web.Request) -> web.Response:
+    body = await _body(request)
+    path = _str(body.get("path"), "path")
+    if not path:
+        raise ControlError("path is required")
+    group_id = _path_id(request, "id")
+    moved = await request.app[ADMIN_STORE].set_group(group_id, path)
+    return web.json_response({"id": group_id, "path": path, "rewritten_entries": moved})
+
+
 async def _suggest(request: web.Request) -> web.Response:
     return web.json_response(await request.app[ADMIN_STORE].suggest_inbound(_path_id(request, "id")))
 
@@ -281,6 +307,8 @@ def build_admin(store: Store, admin_token: str) -> web.Application:
     app.router.add_post("/admin/v1/jobs/{id}/erase", _erase_job)
     app.router.add_post("/admin/v1/triggers", _create_trigger)
     app.router.add_post("/admin/v1/triggers/revoke", _revoke_trigger)
+    app.router.add_put("/admin/v1/groups/{id}", _put_group)
+    scope_api.ScopeApi(store).add_routes(app.router)
     return app
 
 
@@ -403,6 +431,13 @@ def add_admin_parser(sub: Any) -> None:
     erase = job_verbs.add_parser("erase", help="erase a job (revokes its token)")
     erase.add_argument("id", type=int, help="the job id")
 
+    group = nouns.add_parser("group", help="groups: the ids GitLab's API names them by")
+    gset = group.add_subparsers(dest="verb", required=True, metavar="VERB").add_parser(
+        "set", help="create a group or change its path (the inbound entries naming it follow)"
+    )
+    gset.add_argument("id", type=int, help="the group id")
+    gset.add_argument("--path", required=True, metavar="GROUP/SUB", help="the group's full path")
+
     registry = nouns.add_parser("registry", help="the container registry token signing key")
     registry.add_subparsers(dest="verb", required=True, metavar="VERB").add_parser(
         "certificate", help="print the PEM certificate of the registry signing key (a registry's "
@@ -445,6 +480,9 @@ async def _run_admin(store: Store, args: argparse.Namespace) -> str:
         policies = args.policies.split(",") if getattr(args, "policies", None) else None
         entry = await store.set_inbound(args.target_id, args.source, verb == "add", policies)
         return f"inbound {verb}: {entry} -> {args.target_id}"
+    if noun == "group":
+        moved = await store.set_group(args.id, args.path)
+        return json.dumps({"id": args.id, "path": args.path, "rewritten_entries": moved})
     if noun == "job" and verb == "start":
         return await store.start_job(
             args.id, args.project, args.user, args.pipeline, args.name, args.ref, args.timeout,

@@ -141,6 +141,7 @@ class RegistryConfig:
 
     signing_key_file: str = field(default_factory=default_signing_key_file)
     token_ttl: int = 300  # seconds
+    anonymous_pull: bool = True  # no credentials: a pull-only token for public projects' images
 
 
 @dataclass(frozen=True)
@@ -432,7 +433,9 @@ def parse_config(
         registry_push_in_scope=r.get(sd, "scope", "registry_push_in_scope", r.boolean, False),
     )
 
-    gd = r.section(top.get("registry"), "registry", {"signing_key_file", "token_ttl", "token_secret"})
+    gd = r.section(
+        top.get("registry"), "registry", {"signing_key_file", "token_ttl", "token_secret", "anonymous_pull"}
+    )
     if "token_secret" in gd:
         r.problem("registry.token_secret", "removed: registry tokens are RS256, signed with the key in "
                   "registry.signing_key_file (`jobgate serve` creates it when missing; docs/operations.md)")
@@ -440,6 +443,7 @@ def parse_config(
         signing_key_file=r.get(gd, "registry", "signing_key_file", r.string, "")
         or default_signing_key_file(r.env),
         token_ttl=r.get(gd, "registry", "token_ttl", r.count, 300),
+        anonymous_pull=r.get(gd, "registry", "anonymous_pull", r.boolean, True),
     )
 
     cd = r.section(top.get("cache"), "cache", {"ttl", "max_entries"})

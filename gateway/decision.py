@@ -152,6 +152,21 @@ def _token_validity(state: AccessState, now: float, check: _Trace) -> Reason | N
     return None
 
 
+def _anonymous(action: Action | None, state: AccessState, check: _Trace) -> Decision:
+    """No credential, on the registry's anonymous token: reads of public projects only (GitLab
+    hands anonymous clients a pull-only token for public images)."""
+    target = state.target
+    public_read = (
+        action is not None and action.read and not action.push_opt_in and target is not None
+        and not target.pending_delete and target.visibility == "public"
+        and target.feature(action.feature) == "enabled"
+    )  # fmt: skip
+    if check("anonymous read of a public project", public_read,
+             lambda: f"{target.path} is {target.visibility}" if target else "no project"):  # fmt: skip
+        return Decision(Reason.PUBLIC_READ, state, action)
+    return Decision(Reason.NO_CREDENTIAL, state, action)
+
+
 _DEFAULT_SCOPE = ScopeConfig()
 
 
@@ -182,6 +197,8 @@ def decide(
 def _decide(
     action: Action | None, state: AccessState, now: float, scope: ScopeConfig, check: _Trace
 ) -> Decision:
+    if state.kind is TokenKind.ANONYMOUS:
+        return _anonymous(action, state, check)
     invalid = _token_validity(state, now, check)
     if invalid is not None:
         return Decision(invalid, state, action)

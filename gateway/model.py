@@ -58,6 +58,7 @@ class TokenKind(StrEnum):
     UNKNOWN = "unknown"
     JOB = "job"
     TRIGGER = "trigger"
+    ANONYMOUS = "anonymous"  # no credential, on the registry's anonymous token: public reads only
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,12 @@ key                   type    content
 ``mem:<project>``     hash    user id -> access level
 ``out:<source>``      set     outbound allowlist: target project ids
 ``in:<target>``       hash    inbound allowlist: ``p:<project id>`` or ``g:<group path>``
-                              -> comma-separated job token policies, ``*`` for default
+                              (lower-cased) -> comma-separated job token policies, ``*``
+                              for default
+``grp:<id>``          hash    a group: ``path`` (its full path, as given)
+``gpath:<path>``      string  group id for a lower-cased full group path
+``gin:<path>``        set     the target project ids whose ``in:`` hash has a ``g:<path>``
+                              entry (lower-cased path), so a group rename finds them
 ``auth:<target>``     hash    authentication log: ``<source id>|<route>`` -> count of
                               cross-project accesses (for `inbound suggest`)
 ``fail:<client ip>``  string  unknown-token attempts in the current minute (rate limit)
@@ -36,6 +41,13 @@ key                   type    content
                               caches acknowledges with RPUSH ``ack:<nonce>``, and the write
                               returns only when every subscriber has (bounded wait)
 ====================  ======  ==========================================================
+
+Group entries are stored by path, the way the hot-path read walks a source project's
+groups; a group's id is only what the control plane names it by. Renaming a group
+(``set_group`` with a new path) rewrites, in the same script, every ``g:<old path>``
+entry listed in ``gin:<old path>`` to ``g:<new path>``, so an entry's id and path stay
+consistent. A rename moves only that group's own entries: subgroups and projects keep
+the paths they were given until the orchestrator sets theirs (GitLab reports each).
 """
 
 from __future__ import annotations
@@ -104,6 +116,11 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+#: The key an anonymous registry token stands for: no token, public reads only. No
+#: `credential_key` ever starts with `a:`, so only a registry token jobgate signed names it.
+ANONYMOUS_KEY = "a:"
+
+
 @functools.lru_cache(maxsize=4096)
 def credential_key(token: str) -> str:
     """How the store finds a token: `j:<job id>:<sha256>` for a job token, `t:<sha256>` else.
@@ -146,6 +163,9 @@ if ARGV[1] == 'j' then
   out = {'j', ARGV[2], job[1]}
   for i = 3, #jobfields + 2 do out[#out + 1] = job[i] or '' end
   source_id, user_id = job[1], job[3]
+elseif ARGV[1] == 'a' then
+  out = {'a', '', ''}
+  for i = 1, #jobfields do out[#out + 1] = '' end
 else
   local tok = redis.call('GET', p .. 'tok:' .. ARGV[2])
   if not tok or string.sub(tok, 1, 2) ~= 't:' then return {''} end
@@ -156,7 +176,8 @@ else
   for i = 1, #jobfields do out[#out + 1] = '' end
 end
 local fields = PROJECT_FIELDS
-local src = redis.call('HMGET', p .. 'prj:' .. source_id, unpack(fields))
+local src = {}
+if source_id then src = redis.call('HMGET', p .. 'prj:' .. source_id, unpack(fields)) end
 for i = 1, #fields do out[#out + 1] = src[i] or '' end
 local target_id = false
 if ARGV[4] == 'id' then
@@ -176,6 +197,11 @@ end
 out[#out + 1] = target_id
 local tgt = redis.call('HMGET', p .. 'prj:' .. target_id, unpack(fields))
 for i = 1, #fields do out[#out + 1] = tgt[i] or '' end
+if not source_id then  -- anonymous: no role, no scope
+  out[#out + 1] = '0'
+  out[#out + 1] = 0
+  return out
+end
 out[#out + 1] = redis.call('HGET', p .. 'mem:' .. target_id, user_id) or '0'
 out[#out + 1] = redis.call('SISMEMBER', p .. 'out:' .. source_id, target_id)
 local inkey = p .. 'in:' .. target_id
@@ -282,6 +308,52 @@ return 1
 """
 
 
+_SET_INBOUND = """
+local p, target, entry, value = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+local key = p .. 'in:' .. target
+local existed = redis.call('HEXISTS', key, entry)
+if existed == 1 and ARGV[4] == 'keep' then return existed end
+if value == '' then
+  redis.call('HDEL', key, entry)
+  if string.sub(entry, 1, 2) == 'g:' then redis.call('SREM', p .. 'gin:' .. string.sub(entry, 3), target) end
+else
+  redis.call('HSET', key, entry, value)
+  if string.sub(entry, 1, 2) == 'g:' then redis.call('SADD', p .. 'gin:' .. string.sub(entry, 3), target) end
+end
+return existed
+"""
+
+_SET_GROUP = """
+local p, id, path = KEYS[1], ARGV[1], ARGV[2]
+local lower = string.lower(path)
+local owner = redis.call('GET', p .. 'gpath:' .. lower)
+if owner and owner ~= id then
+  return {err = 'group path ' .. path .. ' already belongs to group ' .. owner}
+end
+local key = p .. 'grp:' .. id
+local old = redis.call('HGET', key, 'path')
+local moved = {}
+if old and string.lower(old) ~= lower then
+  local was = string.lower(old)
+  redis.call('DEL', p .. 'gpath:' .. was)
+  for _, target in ipairs(redis.call('SMEMBERS', p .. 'gin:' .. was)) do
+    local inkey = p .. 'in:' .. target
+    local value = redis.call('HGET', inkey, 'g:' .. was)
+    if value then
+      redis.call('HDEL', inkey, 'g:' .. was)
+      redis.call('HSET', inkey, 'g:' .. lower, value)
+      redis.call('SADD', p .. 'gin:' .. lower, target)
+      moved[#moved + 1] = target
+    end
+  end
+  redis.call('DEL', p .. 'gin:' .. was)
+end
+redis.call('SET', p .. 'gpath:' .. lower, id)
+redis.call('HSET', key, 'path', path)
+return moved
+"""
+
+
 def _text(value: Any) -> str:
     """A Redis reply item as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -316,9 +388,10 @@ def parse_access(raw: Sequence[Any]) -> AccessState:
     """Turn the script's flat reply into an AccessState."""
     values = [_text(v) for v in raw]
     kind = values[0]
-    if kind not in ("j", "t"):
+    if kind not in ("j", "t", "a"):
         return AccessState(kind=TokenKind.UNKNOWN)
     job = trigger_project = trigger_owner = None
+    source_id = 0  # anonymous: no source project
     if kind == "j":
         jid, project, user, status, erased, expires, pipeline, name, ref = values[1:10]
         started, stage, sha, tag, iid, pipeline_source, username, user_name, allow_failure = values[10:19]
@@ -343,13 +416,13 @@ def parse_access(raw: Sequence[Any]) -> AccessState:
             allow_failure=allow_failure == "1",
         )
         source_id = job.project_id
-    else:
+    elif kind == "t":
         trigger_project, trigger_owner = _int(values[1]), _int(values[2])
         source_id = trigger_project
     at = _JOB_ITEMS + 1  # the source project's fields
     source = _project(values[at : at + _N], source_id)
     common = dict(job=job, trigger_owner_id=trigger_owner, source=source)
-    token_kind = TokenKind.JOB if job else TokenKind.TRIGGER
+    token_kind = TokenKind.ANONYMOUS if kind == "a" else TokenKind.JOB if job else TokenKind.TRIGGER
     at += _N  # the target's id, its fields, the level, outbound membership, the inbound entry
     if len(values) <= at or not values[at]:
         return AccessState(kind=token_kind, **common)  # type: ignore[arg-type]
@@ -416,6 +489,8 @@ class Store:
         self._create_trigger = register(_CREATE_TRIGGER)
         self._revoke_trigger = register(_REVOKE_TRIGGER)
         self._require_projects = register(_REQUIRE_PROJECTS)
+        self._set_inbound = register(_SET_INBOUND)
+        self._set_group = register(_SET_GROUP)
 
     @property
     def events_channel(self) -> str:
@@ -475,11 +550,13 @@ class Store:
         return await self.read_access_key(credential_key(token), target)
 
     async def read_access_key(self, key: str, target: TargetRef) -> AccessState:
-        """`read_access` for a token known only by its `credential_key`."""
+        """`read_access` for a token known only by its `credential_key` (or `ANONYMOUS_KEY`)."""
         kind, _, rest = key.partition(":")
-        if kind == "j":
+        if kind == "a":
+            token_args: list[Any] = ["a", "", ""]
+        elif kind == "j":
             job_id, _, digest = rest.partition(":")
-            token_args: list[Any] = ["j", job_id, bytes.fromhex(digest)]
+            token_args = ["j", job_id, bytes.fromhex(digest)]
         else:
             token_args = ["t", rest, ""]
         if target.project_id is not None:
@@ -571,20 +648,74 @@ class Store:
         self, target_id: int, source: str, present: bool, policies: Sequence[str] | None = None
     ) -> str:
         """Add or remove SOURCE (project id or group path) on TARGET's inbound allowlist."""
+        entry, _ = await self.write_inbound(target_id, source, present, policies)
+        return entry
+
+    async def write_inbound(
+        self,
+        target_id: int,
+        source: str,
+        present: bool,
+        policies: Sequence[str] | None = None,
+        replace: bool = True,
+    ) -> tuple[str, bool]:
+        """`set_inbound`, also saying whether the entry was there before the write; with
+        `replace=False` an existing entry (and its policies) is left as it is."""
         entry = inbound_entry_key(source)
         required = [target_id] + ([int(entry[2:])] if entry.startswith("p:") else [])
         await self._call(self._require_projects, required)
-        key = f"{self.prefix}in:{target_id}"
-        with _unavailable_on_error():
-            if present:
-                value = (
-                    DEFAULT_PERMISSIONS if policies is None else ",".join(sorted(validate_policies(policies)))
-                )
-                await self.client.hset(key, entry, value)
-            else:
-                await self.client.hdel(key, entry)
+        value = ""
+        if present:
+            value = DEFAULT_PERMISSIONS if policies is None else ",".join(sorted(validate_policies(policies)))
+        existed = await self._call(
+            self._set_inbound, [target_id, entry, value, "replace" if replace else "keep"]
+        )
         await self.announce(f"prj:{target_id}")
-        return entry
+        return entry, bool(existed)
+
+    async def inbound_entries(self, target_id: int) -> dict[str, str]:
+        """TARGET's inbound allowlist: entry (`p:<id>`, `g:<path>`) -> policies (`*`: default)."""
+        await self._call(self._require_projects, [target_id])
+        with _unavailable_on_error():
+            raw = await self.client.hgetall(f"{self.prefix}in:{target_id}")
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def get_project(self, project_id: int) -> ProjectState | None:
+        """A project's recorded state; None when it does not exist."""
+        with _unavailable_on_error():
+            raw = await self.client.hmget(f"{self.prefix}prj:{project_id}", _PROJECT_FIELDS)
+        return _project([_text(v) if v is not None else "" for v in raw], project_id)
+
+    async def project_id_by_path(self, path: str) -> int | None:
+        """The id of the project with this full path (case-insensitive), if any."""
+        with _unavailable_on_error():
+            found = await self.client.get(f"{self.prefix}path:{path.lower()}")
+        return None if found is None else int(found)
+
+    async def set_group(self, group_id: int, path: str) -> list[int]:
+        """Create a group or change its path; a rename rewrites the inbound entries naming it.
+
+        Returns the target projects whose entries were rewritten.
+        """
+        validate_group_path(path)
+        moved = [int(t) for t in await self._call(self._set_group, [group_id, path])]
+        for target in moved:
+            await self.announce(f"prj:{target}")
+        return moved
+
+    async def get_group(self, group_id: int) -> str | None:
+        """A group's full path; None when no such group."""
+        with _unavailable_on_error():
+            path = await self.client.hget(f"{self.prefix}grp:{group_id}", "path")
+        return None if path is None else _text(path)
+
+    async def group_ids(self, paths: Sequence[str]) -> list[int | None]:
+        """The id of the group at each full path (case-insensitive); None where none is set."""
+        if not paths:
+            return []
+        with _unavailable_on_error():
+            found = await self.client.mget([f"{self.prefix}gpath:{p.lower()}" for p in paths])
+        return [None if f is None else int(f) for f in found]
 
     async def start_job(
         self,
@@ -727,6 +858,13 @@ def validate_project_path(path: str) -> str:
     for segment in segments:
         if not is_path_segment(segment):
             raise ControlError(f"invalid project path segment {segment!r} in {path!r}")
+    return path
+
+
+def validate_group_path(path: str) -> str:
+    """A full group path: one or more segments of letters, digits, '_', '-', '.'."""
+    if len(path) > 1024 or not all(is_path_segment(s) for s in path.split("/")):
+        raise ControlError(f"group path must look like group or group/sub, got {path!r}")
     return path
 
 

@@ -165,3 +165,21 @@ def test_cli_redis_down_is_clear() -> None:
     )  # fmt: skip
     assert result.returncode == 3
     assert "unreachable" in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_group_set_by_cli_and_api_and_rename_keeps_entries(
+    redis_server: RedisProcess, store: Store, admin: Any
+) -> None:
+    await store.set_project(2, "x/lib", "private")
+    result = cli(redis_server, "group", "set", "10", "--path", "team")
+    assert result.returncode == 0, result.stderr
+    assert await store.get_group(10) == "team"
+    await store.set_inbound(2, "team", True)
+    resp = await admin.put("/admin/v1/groups/10", json={"path": "team2"}, headers=ADMIN)
+    assert resp.status == 200
+    assert await resp.json() == {"id": 10, "path": "team2", "rewritten_entries": [2]}
+    assert await store.inbound_entries(2) == {"g:team2": "*"}
+    refused = cli(redis_server, "group", "set", "11", "--path", "team2")
+    assert refused.returncode == 1 and "already belongs to group 10" in refused.stderr
+    resp = await admin.put("/admin/v1/groups/11", json={}, headers=ADMIN)
+    assert resp.status == 400 and (await resp.json())["message"] == "path is required"

@@ -162,3 +162,17 @@ def test_entries_expire_with_the_ttl_on_the_cache_clock() -> None:
     assert cache.entry(key) is not None
     now[0] = 105.1
     assert cache.entry(key) is None and len(cache) == 0
+
+
+async def test_a_group_rename_reaches_cached_decisions(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
+) -> None:
+    client = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    headers = {"JOB-TOKEN": world.tokens["100"]}
+    await world.project(2, "other/lib", "private")
+    await world.store.set_member(2, 7, 20)
+    await world.store.set_group(10, "group")
+    await world.store.set_inbound(2, "group", True)
+    assert (await client.get(LIB, headers=headers)).status == 200
+    await world.store.set_group(10, "renamed")  # project 1 stays at group/app: no longer covered
+    assert (await client.get(LIB, headers=headers)).status == 404

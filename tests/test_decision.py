@@ -11,10 +11,13 @@ from gateway.decision import ALLOWING, Reason, decide, policy_grants
 from gateway.model import AccessState, InboundEntry, JobState, ProjectState, TokenKind
 from gateway.routes import (
     CLONE,
+    DELETE_IMAGE,
     DELETE_PACKAGE,
     DOWNLOAD_ARTIFACTS,
     MANAGE_REGISTRY,
+    PULL_IMAGE,
     PUSH_CODE,
+    PUSH_IMAGE,
     PUSH_PACKAGE,
     READ_PACKAGE,
     READ_REGISTRY,
@@ -198,3 +201,21 @@ def test_job_endpoint_needs_only_a_live_job() -> None:
 )
 def test_policy_grants(policies: set[str], needed: str, granted: bool) -> None:
     assert policy_grants(frozenset(policies), needed) is granted
+
+
+@pytest.mark.parametrize(
+    ("target", "action", "reason"),
+    [
+        pytest.param(PUBLIC, READ_REGISTRY, Reason.PUBLIC_READ, id="anonymous_pulls_public_images"),
+        pytest.param(INTERNAL, PULL_IMAGE, Reason.NO_CREDENTIAL, id="anonymous_not_internal"),
+        pytest.param(PRIVATE, PULL_IMAGE, Reason.NO_CREDENTIAL, id="anonymous_not_private"),
+        pytest.param(PUBLIC, PUSH_IMAGE, Reason.NO_CREDENTIAL, id="anonymous_never_pushes"),
+        pytest.param(PUBLIC, DELETE_IMAGE, Reason.NO_CREDENTIAL, id="anonymous_never_deletes"),
+        pytest.param(replace(PUBLIC, pending_delete=True), PULL_IMAGE, Reason.NO_CREDENTIAL,
+                     id="anonymous_not_pending_delete"),
+        pytest.param(None, PULL_IMAGE, Reason.NO_CREDENTIAL, id="anonymous_no_project"),
+    ],
+)  # fmt: skip
+def test_anonymous_registry_token(target: ProjectState | None, action: Action, reason: Reason) -> None:
+    anonymous = AccessState(kind=TokenKind.ANONYMOUS, target=target)
+    assert decide(action, anonymous, NOW).reason is reason

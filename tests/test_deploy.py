@@ -182,7 +182,8 @@ def test_compose_has_a_service_behind_every_upstream() -> None:
         )
     jobgate = services["jobgate"]
     # the config, and a volume for the state directory the registry signing key is created in
-    assert jobgate["volumes"] == ["./gateway.yaml:/etc/jobgate/deploy.yaml:ro", "jobgate-state:/var/lib/jobgate"]
+    state = "jobgate-state:/var/lib/jobgate"
+    assert jobgate["volumes"] == ["./gateway.yaml:/etc/jobgate/deploy.yaml:ro", state]
     assert "jobgate-state" in compose["volumes"]
     assert set(jobgate["depends_on"]) == set(services) - {"jobgate"}
 

@@ -168,3 +168,36 @@ async def test_a_job_stores_only_the_fields_it_was_given(store: Store) -> None:
                           pipeline_iid=3, pipeline_source="push", username="u", user_name="U",
                           allow_failure=True)  # fmt: skip
     assert len(await store.client.hkeys(f"{store.prefix}job:101")) == 18
+
+
+async def test_group_rename_rewrites_the_entries_naming_it(store: Store) -> None:
+    await store.set_project(1, "old/app", "private")
+    await store.set_project(2, "x/lib", "private")
+    await store.set_project(3, "x/tool", "private")
+    await store.set_group(10, "old")
+    await store.set_inbound(2, "old", True, ["read_packages"])
+    await store.set_inbound(3, "OLD", True)
+    await store.set_inbound(3, "1", True)
+    assert await store.set_group(10, "old") == []  # same path: nothing moves
+    assert sorted(await store.set_group(10, "New")) == [2, 3]
+    assert await store.get_group(10) == "New"
+    assert await store.group_ids(["new", "old"]) == [10, None]
+    assert await store.inbound_entries(2) == {"g:new": "read_packages"}
+    assert await store.inbound_entries(3) == {"g:new": "*", "p:1": "*"}
+    await store.set_project(1, "New/app")  # GitLab moves the group's projects with it
+    token = await store.start_job(100, 1, 7)
+    entry = (await store.read_access(token, TargetRef(project_id=2))).inbound_entry
+    assert entry is not None and entry.source == "g:new" and entry.policies == {"read_packages"}
+    await store.set_inbound(2, "new", False)  # removal keeps the index in step: a rename moves nothing
+    assert await store.set_group(10, "third") == [3]
+
+
+async def test_group_paths_are_unique_and_valid(store: Store) -> None:
+    await store.set_group(10, "a/b")
+    with pytest.raises(ControlError, match="group path A/B already belongs to group 10"):
+        await store.set_group(11, "A/B")
+    with pytest.raises(ControlError, match="group path must look like"):
+        await store.set_group(11, "a//b")
+    await store.set_group(10, "c")
+    await store.set_group(11, "a/b")  # the old path is free again
+    assert await store.group_ids(["a/b", "c"]) == [11, 10]

@@ -7,6 +7,11 @@ naming jobgate's `/jwt/auth` realm; they send the job token there as basic auth 
 request carries that token; jobgate verifies it, checks the grant, and re-decides against
 live Redis state, so finishing the job denies the very next request (proxy mode: the
 registry behind jobgate runs without auth of its own).
+
+`/jwt/auth` answers as GitLab's JwtController does: an unknown `service` is a 404, every
+`scope` value is split on spaces (RFC 6749 §3.3), a scope whose actions are all denied is
+left out of `access`, and a client without credentials gets a pull-only token for public
+projects' images (`registry.anonymous_pull`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..observe import RequestLog
 from ..pipeline import Gateway
 from ..routes import OCI_REPOSITORY, REGISTRY_ACTIONS, repo_ref
 from ..signing import SigningKey, load_or_create_key
-from ..store import StoreUnavailable, credential_key
+from ..store import ANONYMOUS_KEY, StoreUnavailable, credential_key
 
 SERVICE = responses.REGISTRY_SERVICE
 ISSUER = "jobgate"
@@ -58,11 +63,13 @@ class TokenIssuer:
     def mint(self, key: str, access: list[dict[str, object]], now: float) -> str:
         """A registry token for the job token with credential key `key`."""
         header = _b64(json.dumps({"alg": "RS256", "typ": "JWT", "kid": self._key.kid}).encode())
-        claims = {
-            "iss": ISSUER, "aud": SERVICE, "sub": "gitlab-ci-token", "jti": secrets.token_hex(12),
+        claims: dict[str, object] = {
+            "iss": ISSUER, "aud": SERVICE, "jti": secrets.token_hex(12),
             "iat": int(now), "nbf": int(now) - 5, "exp": int(now) + self.ttl,
             "access": access, "jgk": key,
         }  # fmt: skip
+        if key != ANONYMOUS_KEY:  # GitLab's anonymous token has neither subject nor auth type
+            claims.update(sub="gitlab-ci-token", auth_type="build")
         payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{header}.{payload}.{self._sign(header + '.' + payload)}"
 
@@ -96,15 +103,19 @@ def issuer_for(config: RegistryConfig) -> TokenIssuer:
 
 
 def parse_scopes(values: Iterable[str]) -> list[tuple[str, list[str]]]:
-    """`repository:<name>:<actions>` scopes as (name, actions); other scope types are ignored."""
+    """`repository:<name>:<actions>` scopes as (name, actions); other scope types are ignored.
+
+    Each value may hold several scopes separated by spaces (RFC 6749 §3.3); at most
+    MAX_SCOPES are read in all.
+    """
     scopes = []
-    for value in list(values)[:MAX_SCOPES]:
+    for value in [part for given in values for part in given.split(" ") if part][:MAX_SCOPES]:
         kind, _, rest = value.partition(":")
         name, _, actions = rest.rpartition(":")
         if kind != "repository" or not OCI_REPOSITORY.match(name) or len(name) > 255:
             continue
         wanted = ["pull", "push", "delete"] if actions == "*" else actions.split(",")
-        scopes.append((name, [a for a in wanted if a in REGISTRY_ACTIONS]))
+        scopes.append((name, [a for a in dict.fromkeys(wanted) if a in REGISTRY_ACTIONS]))
     return scopes
 
 
@@ -124,9 +135,11 @@ def unauthorized() -> web.Response:
 
 
 async def jwt_auth(request: web.Request, log: RequestLog, gateway: Gateway) -> web.Response:
-    """`GET /jwt/auth`: trade a job token for a registry token granting what the job may do."""
+    """`GET /jwt/auth`: trade a job token (or none) for a registry token granting what it may do."""
     config, metrics = gateway.runtime.config, gateway.metrics
     log.route = "registry_token"
+    if request.query.get("service") != SERVICE:
+        return web.Response(status=404)  # GitLab: an unknown service is not found
     pairs = parse_query(request.query_string)  # as Rack reads it: `&` and `;`
     log.tokens = candidate_tokens(request.headers, pairs)
     try:
@@ -137,21 +150,23 @@ async def jwt_auth(request: web.Request, log: RequestLog, gateway: Gateway) -> w
         log.tokens += exc.tokens
         log.reason = Reason(exc.rule)
         return responses.refused(exc.rule, str(exc), exc.status)
-    if credential is None:
+    if credential is None and not config.registry.anonymous_pull:
         return unauthorized()
-    log.token = credential.token
-    locator, authorizer, scope = credential_key(credential.token), gateway.authorizer, config.scope
+    locator = credential_key(credential.token) if credential else ANONYMOUS_KEY
+    log.token = credential.token if credential else None
+    authorizer, scope = gateway.authorizer, config.scope
     access: list[dict[str, object]] = []
     try:
-        job = authorizer.warm(None, TargetRef(), locator, scope) or await authorizer.read(
-            None, TargetRef(), locator, scope
-        )
-        log.record(job.decision, job.log_fields)
-        if not job.decision.allowed:
-            return unauthorized()
+        if credential is not None:
+            job = authorizer.warm(None, TargetRef(), locator, scope) or await authorizer.read(
+                None, TargetRef(), locator, scope
+            )
+            log.record(job.decision, job.log_fields)
+            if not job.decision.allowed:
+                return unauthorized()
         for name, actions in parse_scopes(v for k, v in pairs if k == "scope"):
             target = repo_ref(name.split("/")) or TargetRef()
-            granted = []
+            granted, project = [], None
             for wanted in actions:
                 action = REGISTRY_ACTIONS[wanted]
                 outcome = authorizer.warm(action, target, locator, scope) or await authorizer.read(
@@ -159,7 +174,10 @@ async def jwt_auth(request: web.Request, log: RequestLog, gateway: Gateway) -> w
                 )
                 if outcome.decision.allowed:
                     granted.append(wanted)
-            access.append({"type": "repository", "name": name, "actions": granted})
+                    project = outcome.decision.target
+            if granted and project is not None:  # a scope with nothing granted is left out
+                meta = {"project_path": project.path.lower(), "project_id": project.id}
+                access.append({"type": "repository", "name": name, "actions": granted, "meta": meta})
     except StoreUnavailable:
         metrics.redis_errors.inc()
         return responses.unavailable()

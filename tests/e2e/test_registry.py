@@ -102,6 +102,26 @@ def test_push_pull_and_denials(
         assert denial in log
 
 
+def test_anonymous_pull_of_a_public_image(
+    setup: tuple[JobgateProcess, RegistryServer, dict[str, str]], tmp_path: Path
+) -> None:
+    gw, registry, _tokens = setup
+    gw.admin("project", "set", "4", "--path", "open/lib", "--visibility", "public")
+    seeded = skopeo(tmp_path, "copy", "--dest-tls-verify=false", f"oci:{tmp_path}/image:v1",
+                    f"docker://127.0.0.1:{registry.port}/open/lib/image:v1")  # fmt: skip
+    assert seeded.returncode == 0, seeded.stderr
+    gateway = f"docker://127.0.0.1:{gw.port}"
+    anonymous = skopeo(tmp_path, "copy", "--src-tls-verify=false", "--src-no-creds",
+                       f"{gateway}/open/lib/image:v1", f"oci:{tmp_path}/anon:v1")  # fmt: skip
+    assert anonymous.returncode == 0, anonymous.stderr
+    private = skopeo(tmp_path, "copy", "--src-tls-verify=false", "--src-no-creds",
+                     f"{gateway}/other/private/image:v1", f"oci:{tmp_path}/p:v1")  # fmt: skip
+    assert private.returncode != 0
+    push = skopeo(tmp_path, "copy", "--dest-tls-verify=false", "--dest-no-creds",
+                  f"oci:{tmp_path}/image:v1", f"{gateway}/open/lib/image:v2")  # fmt: skip
+    assert push.returncode != 0
+
+
 def test_twenty_pushes_and_pulls_through_the_shipped_config(
     tmp_path: Path, redis_server: RedisProcess, store: Store
 ) -> None:
