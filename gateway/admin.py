@@ -33,7 +33,7 @@ from aiohttp import web
 
 from .config import PRIVATE_REDIS_URL, ConfigError, ScopeConfig, load_config
 from .model import FINISH_STATUSES, VISIBILITIES
-from .store import ControlError, Store, StoreUnavailable, connect
+from .store import ControlError, Store, StoreUnavailable, connect, parse_id, validate_id
 
 ADMIN_STORE = web.AppKey("admin_store", Store)
 ADMIN_TOKEN = web.AppKey("admin_token", str)
@@ -71,9 +71,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
         raise ControlError("request body too large", 413)
     try:
-        data = json.loads(await request.read())
+        data = json.loads(await request.read(), parse_constant=_no_constant)
     except web.HTTPRequestEntityTooLarge:
         raise ControlError("request body too large", 413) from None
+    except RecursionError:
+        raise ControlError("body must be a JSON object (it nests too deep)") from None
+    except ControlError:
+        raise
     except (ValueError, UnicodeDecodeError):
         raise ControlError("body must be a JSON object") from None
     if not isinstance(data, dict):
@@ -81,18 +85,17 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+def _no_constant(name: str) -> Any:
+    """json.loads' hook for NaN, Infinity and -Infinity, which are not JSON."""
+    raise ControlError(f"body must be JSON: {name} is not a number")
+
+
 def _int(value: Any, name: str, required: bool = True) -> int | None:
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ControlError(f"{name} must be an integer")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ControlError(f"{name} must be an integer, got {value!r}") from None
-    if number < 0 or number >= 1 << 63:
-        raise ControlError(f"{name} out of range")
-    return number
+    if isinstance(value, str):
+        return parse_id(value, name)  # ASCII digits only: "١٢٣" is not 123
+    return validate_id(value, name)
 
 
 def _flag(value: Any, name: str) -> bool | None:
@@ -110,13 +113,15 @@ def _str(value: Any, name: str, default: str | None = None) -> str | None:
         return default
     if not isinstance(value, str):
         raise ControlError(f"{name} must be a string")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ControlError(f"{name} must be valid Unicode text (no lone surrogates)") from None
     return value
 
 
 def _path_id(request: web.Request, name: str) -> int:
-    value = _int(request.match_info[name], name)
-    assert value is not None
-    return value
+    return parse_id(request.match_info[name], name)
 
 
 async def _put_project(request: web.Request) -> web.Response:
@@ -169,7 +174,7 @@ async def _start_job(request: web.Request) -> web.Response:
     body = await _body(request)
     timeout = body.get("timeout", 3600)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ControlError("timeout must be a number of seconds")
+        raise ControlError("timeout must be a number of seconds")  # the store checks its range
     job_id = _int(body.get("id"), "id")
     token = await request.app[ADMIN_STORE].start_job(
         job_id,  # type: ignore[arg-type]
@@ -178,7 +183,7 @@ async def _start_job(request: web.Request) -> web.Response:
         pipeline_id=_int(body.get("pipeline"), "pipeline", required=False),
         name=_str(body.get("name"), "name", "") or "",
         ref=_str(body.get("ref"), "ref", "") or "",
-        timeout=float(timeout),
+        timeout=timeout,
     )
     return web.json_response({"id": job_id, "token": token}, status=201)
 
@@ -248,6 +253,24 @@ def build_admin(store: Store, admin_token: str) -> web.Application:
 # -- the CLI --------------------------------------------------------------------------
 
 
+def _cli_id(text: str) -> int:
+    """An id argument: ASCII decimal digits (argparse's int() would read '١٢٣' as 123)."""
+    try:
+        return parse_id(text, "id")
+    except ControlError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("id ")) from None
+
+
+def _cli_seconds(text: str) -> float:
+    """A number of seconds in ASCII (float() would read '١٢٣'); the store checks the range."""
+    if not text.isascii():
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}") from None
+
+
 def _onoff(text: str) -> bool:
     if text not in ("on", "off"):
         raise argparse.ArgumentTypeError("expected on or off")
@@ -264,7 +287,7 @@ def add_admin_parser(sub: Any) -> None:
 
     project = nouns.add_parser("project").add_subparsers(dest="verb", required=True)
     pset = project.add_parser("set", help="create or update a project")
-    pset.add_argument("id", type=int)
+    pset.add_argument("id", type=_cli_id)
     pset.add_argument("--path")
     pset.add_argument("--visibility", choices=VISIBILITIES)
     pset.add_argument("--scope", type=_onoff, help="outbound limit (Limit CI_JOB_TOKEN access)")
@@ -274,45 +297,45 @@ def add_admin_parser(sub: Any) -> None:
     member = nouns.add_parser("member").add_subparsers(dest="verb", required=True)
     mset = member.add_parser("set", help="set a user's access level (0 removes)")
     for name in ("project_id", "user_id", "access_level"):
-        mset.add_argument(name, type=int)
+        mset.add_argument(name, type=_cli_id)
 
     allow = nouns.add_parser("allowlist").add_subparsers(dest="verb", required=True)
     for verb in ("add", "remove"):
         p = allow.add_parser(verb, help=f"{verb} TARGET on SOURCE's outbound allowlist")
-        p.add_argument("source_id", type=int)
-        p.add_argument("target_id", type=int)
+        p.add_argument("source_id", type=_cli_id)
+        p.add_argument("target_id", type=_cli_id)
 
     inbound = nouns.add_parser("inbound").add_subparsers(dest="verb", required=True)
     suggest = inbound.add_parser(
         "suggest", help="projects that reached TARGET with a job token (the authentication log)"
     )
-    suggest.add_argument("target_id", type=int)
+    suggest.add_argument("target_id", type=_cli_id)
     for verb in ("add", "remove"):
         p = inbound.add_parser(verb, help=f"{verb} SOURCE on TARGET's inbound allowlist")
-        p.add_argument("target_id", type=int)
+        p.add_argument("target_id", type=_cli_id)
         p.add_argument("source", help="a project id or a group path")
         if verb == "add":
             p.add_argument("--policies", help="comma-separated job token policies")
 
     job = nouns.add_parser("job").add_subparsers(dest="verb", required=True)
     start = job.add_parser("start", help="record a running job; prints its token")
-    start.add_argument("--id", type=int, required=True)
-    start.add_argument("--project", type=int, required=True)
-    start.add_argument("--user", type=int, required=True)
-    start.add_argument("--pipeline", type=int)
+    start.add_argument("--id", type=_cli_id, required=True)
+    start.add_argument("--project", type=_cli_id, required=True)
+    start.add_argument("--user", type=_cli_id, required=True)
+    start.add_argument("--pipeline", type=_cli_id)
     start.add_argument("--name", default="")
     start.add_argument("--ref", default="")
-    start.add_argument("--timeout", type=float, default=3600.0)
+    start.add_argument("--timeout", type=_cli_seconds, default=3600.0)
     finish = job.add_parser("finish", help="set a job's final status (revokes its token)")
-    finish.add_argument("id", type=int)
+    finish.add_argument("id", type=_cli_id)
     finish.add_argument("--status", choices=FINISH_STATUSES, default="success")
     erase = job.add_parser("erase", help="erase a job (revokes its token)")
-    erase.add_argument("id", type=int)
+    erase.add_argument("id", type=_cli_id)
 
     trigger = nouns.add_parser("trigger").add_subparsers(dest="verb", required=True)
     create = trigger.add_parser("create", help="create a trigger token; prints it")
-    create.add_argument("project_id", type=int)
-    create.add_argument("--owner", type=int, required=True)
+    create.add_argument("project_id", type=_cli_id)
+    create.add_argument("--owner", type=_cli_id, required=True)
     revoke = trigger.add_parser("revoke", help="revoke a trigger token")
     revoke.add_argument("token")
 

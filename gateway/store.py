@@ -66,6 +66,8 @@ from .model import (
 
 JOB_RETENTION_SECONDS = 86400  # a finished job's record stays this long after its expiry
 ANNOUNCE_WAIT = 2.0  # seconds a revoking write waits for caching gateways to acknowledge
+MAX_JOB_TIMEOUT = 366 * 86400  # seconds: a job token lives a year at most
+MAX_ID = (1 << 63) - 1  # ids are positive 64-bit integers (GitLab's bigint ids)
 
 
 class StoreUnavailable(Exception):
@@ -208,9 +210,17 @@ if redis.call('EXISTS', p .. 'prj:' .. project) == 0 then
 end
 local key = p .. 'job:' .. id
 if redis.call('EXISTS', key) == 1 then return {err = 'job ' .. id .. ' already exists'} end
+local expires, retain = tonumber(ARGV[5]), tonumber(ARGV[9])
+if not expires or not retain or retain ~= math.floor(retain) or retain <= expires or retain >= 2^52 then
+  return {err = 'timeout out of range'}
+end
 redis.call('HSET', key, 'p', project, 'u', ARGV[4], 's', 'running', 'e', '0',
   'x', ARGV[5], 'pl', ARGV[6], 'n', ARGV[7], 'r', ARGV[8], 'd', digest)
-redis.call('EXPIREAT', key, tonumber(ARGV[9]))
+local ok = redis.pcall('EXPIREAT', key, retain)
+if type(ok) == 'table' and ok.err then
+  redis.call('DEL', key)  -- all or nothing: never a running job without an expiry
+  return {err = 'timeout out of range'}
+end
 return 1
 """
 
@@ -383,7 +393,11 @@ class Store:
             try:
                 return await script(keys=[self.prefix], args=list(args))
             except ResponseError as exc:
-                message = str(exc).split("script:", 1)[-1].split(" script:")[0].strip()
+                message = str(exc)
+                if "@user_script" in message or "script:" in message:
+                    # a script that failed to run (not one of its refusals): say so without the
+                    # script's hash or its Lua line
+                    raise StoreUnavailable("ResponseError") from None
                 raise ControlError(message) from None
 
     async def announce(self, event: str, wait: float = ANNOUNCE_WAIT) -> int:
@@ -533,8 +547,17 @@ class Store:
         now: float | None = None,
     ) -> str:
         """Record a running job and return its new token (only its digest is stored)."""
-        if timeout <= 0:
-            raise ControlError("timeout must be a positive number of seconds")
+        for name, value in (("id", job_id), ("project", project_id), ("user", user_id),
+                            ("pipeline", pipeline_id)):  # fmt: skip
+            if value is not None:
+                validate_id(value, name)
+        # the range check also refuses NaN and infinities, and never converts a huge int to float
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if not number or not 0 < timeout <= MAX_JOB_TIMEOUT:
+            raise ControlError(
+                f"timeout must be a number of seconds above 0 and at most {MAX_JOB_TIMEOUT}, "
+                f"got {timeout!r:.24}"
+            )
         now = time.time() if now is None else now
         token = f"{JOB_TOKEN_PREFIX}{job_id}_{secrets.token_urlsafe(30)}"
         expires = math.ceil(now + timeout)
@@ -635,6 +658,22 @@ class Store:
         return revoked
 
 
+def validate_id(value: object, name: str) -> int:
+    """An id: an int from 0 to 2**63 - 1 (not a bool, not a float); ControlError naming `name` else."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ControlError(f"{name} must be an integer")
+    if not 0 <= value <= MAX_ID:
+        raise ControlError(f"{name} out of range (0 to {MAX_ID})")
+    return value
+
+
+def parse_id(text: str, name: str) -> int:
+    """An id written in ASCII decimal digits (not '١٢٣', not '+1', not ' 1'); ControlError else."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+        raise ControlError(f"{name} must be an integer in ASCII digits, got {text[:40]!r}")
+    return validate_id(int(text), name)
+
+
 def validate_project_path(path: str) -> str:
     """A full project path: segments of letters, digits, '_', '-', '.', at least two deep."""
     segments = path.split("/")
@@ -648,8 +687,8 @@ def validate_project_path(path: str) -> str:
 
 def inbound_entry_key(source: str) -> str:
     """`p:<id>` for a project id, `g:<path>` for a group path."""
-    if source.isdigit():
-        return f"p:{int(source)}"
+    if source.isascii() and source.isdigit():
+        return f"p:{parse_id(source, 'source')}"
     segments = source.strip("/").split("/")
     if not all(is_path_segment(s) for s in segments):
         raise ControlError(f"inbound source must be a project id or a group path, got {source!r}")

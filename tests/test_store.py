@@ -77,7 +77,7 @@ async def test_project_path_rename_moves_the_index(store: Store) -> None:
         (lambda s: s.set_member(1, 7, 25), "access level must be one of"),
         (lambda s: s.set_member(42, 7, 30), "project 42 does not exist"),
         (lambda s: s.start_job(1, 42, 7), "project 42 does not exist"),
-        (lambda s: s.start_job(1, 1, 7, timeout=0), "timeout must be a positive"),
+        (lambda s: s.start_job(1, 1, 7, timeout=0), "timeout must be a number of seconds above 0"),
         (lambda s: s.finish_job(12345), "job 12345 does not exist"),
         (lambda s: s.finish_job(1, "exploded"), "status must be one of"),
         (lambda s: s.set_inbound(1, "bad path!", True), "project id or a group path"),
