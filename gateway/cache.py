@@ -159,6 +159,8 @@ class DecisionCache:
         if state.source is not None:
             tags.append(f"prj:{state.source.id}")
         tags.append(f"prj:{state.target.id}" if state.target is not None else "prj:*")
+        # a project registered later at one of the candidate paths wins the resolution
+        tags.extend(f"path:{path.lower()}" for path in key[1].paths)
         if key in self._entries:
             self._drop(key)
         while len(self._entries) >= self.max_entries:
@@ -169,11 +171,14 @@ class DecisionCache:
         return entry
 
     def invalidate(self, event: str) -> None:
-        """Drop every entry an event touches (`job:<id>`, `prj:<id>`, `tok:<digest>`)."""
+        """Drop every entry an event touches (`job:<id>`, `prj:<id>`, `tok:<digest>`,
+        `path:<lower-cased path>`, several joined by commas)."""
         self.generation += 1
-        keys = set(self._tags.get(event, ()))
-        if event.startswith("prj:"):  # a project change may also resolve a path that found none
-            keys |= self._tags.get("prj:*", set())
+        keys: set[CacheKey] = set()
+        for one in event.split(","):
+            keys |= self._tags.get(one, set())
+            if one.startswith("prj:"):  # a project change may also resolve a path that found none
+                keys |= self._tags.get("prj:*", set())
         for key in keys:
             self._drop(key)
 

@@ -24,7 +24,8 @@ key                   type    content
                               cross-project accesses (for `inbound suggest`)
 ``fail:<client ip>``  string  unknown-token attempts in the current minute (rate limit)
 ``events``            pubsub  ``<event> <nonce>`` after every write that changes a decision:
-                              ``job:<id>``, ``prj:<id>``, ``tok:<sha256>``; each gateway that
+                              ``job:<id>``, ``prj:<id>``, ``tok:<sha256>``, ``path:<path>``
+                              (several joined by commas); each gateway that
                               caches acknowledges with RPUSH ``ack:<nonce>``, and the write
                               returns only when every subscriber has (bounded wait)
 ====================  ======  ==========================================================
@@ -486,7 +487,8 @@ class Store:
                 _onoff(pending_delete),
             ],
         )
-        await self.announce(f"prj:{project_id}")
+        # a path also drops cached resolutions of longer paths that found a shorter project
+        await self.announce(f"prj:{project_id}" + (f",path:{path.lower()}" if path else ""))
         it = iter(_text(v) for v in raw)
         return dict(zip(it, it, strict=True))
 

@@ -162,3 +162,21 @@ def test_entries_expire_with_the_ttl_on_the_cache_clock() -> None:
     assert cache.entry(key) is not None
     now[0] = 105.1
     assert cache.entry(key) is None and len(cache) == 0
+
+
+async def test_a_project_at_a_longer_path_drops_cached_path_resolutions(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
+) -> None:
+    """`group/app/img` registered beside `group/app`: a cached `{repo+}` resolution of
+    `group/app/img...` to `group/app` is dropped by the write, not kept until cache.ttl."""
+    from .conftest import basic
+
+    client = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    auth = {"Authorization": basic("gitlab-ci-token", world.tokens["100"])}
+    refs = "/group/app/img.git/info/refs?service=git-upload-pack"
+    assert (await client.get(refs, headers=auth)).status == 200  # resolves to group/app, its own project
+    assert (await client.get(refs, headers=auth)).status == 200
+    assert lookups(client, "hit") == 1, "the resolution is cached"
+    await world.project(3, "group/app/img", "private")  # user 7 is no member: a private project
+    assert (await client.get(refs, headers=auth)).status == 404
+    assert upstream.requests[-1].path_qs.startswith("/group/app/img.git") and len(upstream.requests) == 2
