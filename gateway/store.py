@@ -549,10 +549,10 @@ class Store:
         now: float | None = None,
     ) -> str:
         """Record a running job and return its new token (only its digest is stored)."""
-        for name, value in (("id", job_id), ("project", project_id), ("user", user_id),
-                            ("pipeline", pipeline_id)):  # fmt: skip
+        for field, value in (("id", job_id), ("project", project_id), ("user", user_id),
+                             ("pipeline", pipeline_id)):  # fmt: skip
             if value is not None:
-                validate_id(value, name)
+                validate_id(value, field)
         # the range check also refuses NaN and infinities, and never converts a huge int to float
         number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
         if not number or not 0 < timeout <= MAX_JOB_TIMEOUT:
