@@ -23,12 +23,22 @@ key                   type    content
 ``auth:<target>``     hash    authentication log: ``<source id>|<route>`` -> count of
                               cross-project accesses (for `inbound suggest`)
 ``fail:<client ip>``  string  unknown-token attempts in the current minute (rate limit)
-``events``            pubsub  ``<event> <nonce>`` after every write that changes a decision:
-                              ``job:<id>``, ``prj:<id>``, ``tok:<sha256>``, ``path:<path>``
-                              (several joined by commas); each gateway that
-                              caches acknowledges with RPUSH ``ack:<nonce>``, and the write
-                              returns only when every subscriber has (bounded wait)
+``events``            pubsub  ``<event> <nonce> <epoch>`` after every write that changes a
+                              decision: ``job:<id>``, ``prj:<id>``, ``tok:<sha256>``,
+                              ``path:<path>`` (several joined by commas); each lease holder
+                              acknowledges with RPUSH ``ack:<nonce>`` of its holder id
+``epoch``             string  how many events were announced (INCR with each PUBLISH)
+``leases``            zset    caching processes: holder id -> lease expiry (Redis time, ms).
+                              A process caches only while its lease is valid, and renews it
+                              only after a self-ping through its own subscription came back
+``ping:<holder>``     pubsub  a holder's self-ping channel
+``ack:<nonce>``       list    the holder ids that applied one event
 ====================  ======  ==========================================================
+
+A revoking write returns once it is durable (``WAIT 1`` when replicas are connected) and
+every process that held a lease when it was announced has acknowledged it or seen its
+lease lapse: so no cache anywhere allows on state older than a write that returned
+(docs/reliability.md: the argument and the worst case).
 """
 
 from __future__ import annotations
@@ -262,6 +272,32 @@ return 1
 """
 
 
+# Publish an event with the next epoch and name the lease holders that must acknowledge it,
+# in one atomic step: a holder that renews later has the event in its epoch (see `renew`).
+_ANNOUNCE = """
+local p = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', p .. 'leases', '-inf', now)
+local epoch = redis.call('INCR', p .. 'epoch')
+redis.call('PUBLISH', p .. 'events', ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. epoch)
+local out = {now}
+local holders = redis.call('ZRANGEBYSCORE', p .. 'leases', '(' .. now, '+inf', 'WITHSCORES')
+for i = 1, #holders do out[#out + 1] = holders[i] end
+return out
+"""
+
+# Renew a caching process's lease (after its self-ping came back): the epoch it must have
+# applied before it may use its cache.
+_RENEW_LEASE = """
+local p = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[2]), ARGV[1])
+return tonumber(redis.call('GET', p .. 'epoch') or '0')
+"""
+
+
 def _text(value: Any) -> str:
     """A Redis reply item as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
@@ -379,6 +415,8 @@ class Store:
         self._create_trigger = register(_CREATE_TRIGGER)
         self._revoke_trigger = register(_REVOKE_TRIGGER)
         self._require_projects = register(_REQUIRE_PROJECTS)
+        self._announce = register(_ANNOUNCE)
+        self._renew_lease = register(_RENEW_LEASE)
 
     @property
     def events_channel(self) -> str:
@@ -401,32 +439,82 @@ class Store:
                     raise StoreUnavailable("ResponseError") from None
                 raise ControlError(message) from None
 
-    async def announce(self, event: str, wait: float = ANNOUNCE_WAIT) -> int:
-        """Publish `event` to caching gateways and wait (bounded) until each acknowledged it.
+    def ping_channel(self, holder: str) -> str:
+        """The channel a caching process pings itself through."""
+        return f"{self.prefix}ping:{holder}"
 
-        Returns how many acknowledged. A gateway that does not acknowledge in time has lost
-        its subscription, and a gateway without one bypasses its cache, so a write that
-        returns is in force for every request that starts after it.
+    async def announce(self, event: str, wait: float = ANNOUNCE_WAIT) -> int:
+        """Publish `event` and return once it is in force everywhere; how many holders acknowledged.
+
+        1. When replicas are connected, `WAIT 1` (at most `wait` seconds): a write a failover
+           could lose has not returned (StoreUnavailable; the caller may retry).
+        2. Every process holding a cache lease when the event went out acknowledges it, or its
+           lease lapses (after which it uses no cache until a self-ping and renewal, whose
+           epoch makes it apply this event first). So the wait is bounded by the longest lease.
         """
         nonce = secrets.token_hex(8)
         ack = f"{self.prefix}ack:{nonce}"
         with _unavailable_on_error():
-            receivers = int(await self.client.publish(self.events_channel, f"{event} {nonce}"))
+            reply = await self._announce(keys=[self.prefix], args=[event, nonce])
+            sent = time.monotonic()
+            now_ms, rest = int(reply[0]), [_text(v) for v in reply[1:]]
+            # each holder's lease end on this process's clock (measured from the reply: later)
+            ends = zip(rest[::2], rest[1::2], strict=True)
+            pending = {holder: sent + (int(float(end)) - now_ms) / 1000 for holder, end in ends}
+            await self._replicate(wait)
             acknowledged = 0
-            deadline = time.monotonic() + wait
-            while acknowledged < receivers and (left := deadline - time.monotonic()) > 0:
+            while pending:
+                now = time.monotonic()
+                pending = {h: until for h, until in pending.items() if until > now}
+                if not pending:
+                    break
                 # short blocking steps: each stays under the client's socket timeout
-                if await self.client.blpop([ack], timeout=min(max(left, 0.01), 0.25)) is not None:
+                step = min(max(max(pending.values()) - now, 0.01), 0.25)
+                got = await self.client.blpop([ack], timeout=step)
+                if got is not None and pending.pop(_text(got[1]), None) is not None:
                     acknowledged += 1
             await self.client.delete(ack)
         return acknowledged
 
-    async def acknowledge(self, nonce: str) -> None:
-        """A caching gateway's receipt of one event (see `announce`)."""
+    async def _replicate(self, wait: float) -> None:
+        """`WAIT 1` when the master has replicas: the write survives a failover once it returns."""
+        if isinstance(self.client, RedisCluster):
+            return  # cluster nodes here run without replicas (see docs/reliability.md)
+        info = await self.client.info("replication")
+        if int(info.get("connected_slaves", 0)) == 0:
+            return
+        if int(await self.client.wait(1, max(1, int(wait * 1000)))) < 1:
+            raise StoreUnavailable("write not replicated")
+
+    async def acknowledge(self, nonce: str, holder: str) -> None:
+        """A lease holder's receipt of one event (see `announce`)."""
         key = f"{self.prefix}ack:{nonce}"
         with _unavailable_on_error():
-            await self.client.rpush(key, "1")
-            await self.client.expire(key, 30)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, holder)
+                pipe.expire(key, 30)
+                await pipe.execute()
+
+    async def self_ping(self, holder: str, nonce: str) -> None:
+        """Publish `nonce` on the holder's own ping channel (it comes back through its subscription)."""
+        with _unavailable_on_error():
+            await self.client.publish(self.ping_channel(holder), nonce)
+
+    async def renew_lease(self, holder: str, seconds: float) -> int:
+        """Hold (or extend) a cache lease for `seconds` from now; the epoch to have applied first."""
+        with _unavailable_on_error():
+            milliseconds = max(1, int(seconds * 1000))
+            return int(await self._renew_lease(keys=[self.prefix], args=[holder, milliseconds]))
+
+    async def drop_lease(self, holder: str) -> None:
+        """Give a lease up (a stopping process): writers no longer wait for it."""
+        with _unavailable_on_error():
+            await self.client.zrem(f"{self.prefix}leases", holder)
+
+    async def epoch(self) -> int:
+        """How many events have been announced so far."""
+        with _unavailable_on_error():
+            return int(await self.client.get(f"{self.prefix}epoch") or 0)
 
     async def ping(self) -> bool:
         """True when Redis answers."""

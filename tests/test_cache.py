@@ -155,7 +155,7 @@ def test_entries_expire_with_the_ttl_on_the_cache_clock() -> None:
 
     now = [100.0]
     cache = DecisionCache(ttl=5, clock=lambda: now[0])
-    cache.available = True
+    cache.available, cache.lease_until = True, 1000.0  # as a follower with a renewed lease sets them
     key = ("t:" + "a" * 64, TargetRef(1))
     assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is not None
     now[0] = 104.9
