@@ -180,3 +180,27 @@ async def test_a_project_at_a_longer_path_drops_cached_path_resolutions(
     await world.project(3, "group/app/img", "private")  # user 7 is no member: a private project
     assert (await client.get(refs, headers=auth)).status == 404
     assert upstream.requests[-1].path_qs.startswith("/group/app/img.git") and len(upstream.requests) == 2
+
+
+def test_a_lapsed_lease_allows_nothing_until_the_channel_is_back() -> None:
+    """Past its lease (no self-ping answered for redis.timeout) the cache neither answers nor
+    lets the request fall through to a Redis read: a StoreUnavailable (503), and it forgets."""
+    import pytest
+
+    from gateway.cache import DecisionCache
+    from gateway.model import AccessState, TargetRef, TokenKind
+    from gateway.store import StoreUnavailable
+
+    now = [100.0]
+    cache = DecisionCache(ttl=5, clock=lambda: now[0])
+    cache.available, cache.lease_until = True, 100.5
+    key = ("t:" + "a" * 64, TargetRef(1))
+    assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is not None
+    assert cache.entry(key) is not None
+    now[0] = 100.5
+    with pytest.raises(StoreUnavailable):
+        cache.entry(key)
+    assert len(cache) == 0 and cache.stalled and not cache.available
+    with pytest.raises(StoreUnavailable):
+        cache.entry(key)  # and stays so until the follower renews the lease
+    assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is None
