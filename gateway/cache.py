@@ -242,6 +242,11 @@ async def follow_invalidations(cache: DecisionCache, store: Store, lease: float)
             try:
                 await _follow(cache, store, holder, lease)
             except (RedisError, OSError, StoreUnavailable) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # redis-py can turn a cancellation that lands in its read timeout into a
+                    # TimeoutError: stopping must still stop (a worker would never exit)
+                    raise asyncio.CancelledError from exc
                 stalled = isinstance(exc, TimeoutError | RedisTimeoutError) or (
                     isinstance(exc, StoreUnavailable) and "Timeout" in str(exc)
                 )

@@ -76,7 +76,7 @@ from .model import (
 )
 
 JOB_RETENTION_SECONDS = 86400  # a finished job's record stays this long after its expiry
-ANNOUNCE_WAIT = 2.0  # seconds a revoking write waits for caching gateways to acknowledge
+ANNOUNCE_WAIT = 2.0  # seconds a revoking write waits (WAIT 1) for a replica to have it
 MAX_JOB_TIMEOUT = 366 * 86400  # seconds: a job token lives a year at most
 MAX_ID = (1 << 63) - 1  # ids are positive 64-bit integers (GitLab's bigint ids)
 

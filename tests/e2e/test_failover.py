@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -279,6 +280,13 @@ def test_no_allow_after_a_finish_returned_through_a_sentinel_failover(
         assert {"before", "after"} <= {phase for phase, _ in durations}
         for gw in gws:
             assert gw.process is not None and gw.process.poll() is None
+            workers = re.search(r"started 2 workers on \S+ \[(\d+), (\d+)\]", gw.log_path.read_text())
+            assert workers, "no worker pids in the log"
+            assert gw.stop() == 0, "SIGTERM did not stop the gateway in time"
+            deadline = time.monotonic() + 10
+            while any(Path(f"/proc/{pid}").exists() for pid in workers.groups()):
+                assert time.monotonic() < deadline, "a worker outlived its gateway after a failover"
+                time.sleep(0.1)
         longest = {p: max(d for q, d in durations if q == p) for p, _ in durations}
         print(f"promoted after {promoted_after:.1f} s; 503/no answer after the kill: {len(failover_503)} "
               f"(last {max(failover_503, default=killed) - killed:.1f} s after it); longest finish by phase "
