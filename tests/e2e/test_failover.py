@@ -278,11 +278,15 @@ def test_no_allow_after_a_finish_returned_through_a_sentinel_failover(
         recovered = [s for s, _, code in traffic.answers if code == 200 and s > killed + promoted_after]
         assert recovered, "no request was allowed after the promotion"
         assert {"before", "after"} <= {phase for phase, _ in durations}
+        drains: list[float] = []
         for gw in gws:
             assert gw.process is not None and gw.process.poll() is None
             workers = re.search(r"started 2 workers on \S+ \[(\d+), (\d+)\]", gw.log_path.read_text())
             assert workers, "no worker pids in the log"
-            assert gw.stop() == 0, "SIGTERM did not stop the gateway in time"
+            gw.process.send_signal(signal.SIGTERM)  # the drain may take its whole 30 s
+            started = time.monotonic()
+            assert gw.process.wait(timeout=40) == 0, "SIGTERM did not stop the gateway"
+            drains.append(time.monotonic() - started)
             deadline = time.monotonic() + 10
             while any(Path(f"/proc/{pid}").exists() for pid in workers.groups()):
                 assert time.monotonic() < deadline, "a worker outlived its gateway after a failover"
@@ -291,4 +295,5 @@ def test_no_allow_after_a_finish_returned_through_a_sentinel_failover(
         print(f"promoted after {promoted_after:.1f} s; 503/no answer after the kill: {len(failover_503)} "
               f"(last {max(failover_503, default=killed) - killed:.1f} s after it); longest finish by phase "
               + ", ".join(f"{p} {d * 1000:.0f} ms" for p, d in longest.items())
-              + f"; {len(traffic.answers)} requests")  # fmt: skip
+              + f"; {len(traffic.answers)} requests; SIGTERM drains "
+              + ", ".join(f"{d:.1f} s" for d in drains))  # fmt: skip
