@@ -204,3 +204,68 @@ def test_a_lapsed_lease_allows_nothing_until_the_channel_is_back() -> None:
     with pytest.raises(StoreUnavailable):
         cache.entry(key)  # and stays so until the follower renews the lease
     assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is None
+
+
+async def test_a_cancelled_follower_stops_even_when_redis_py_turns_the_cancellation_into_a_timeout() -> None:
+    """redis-py may raise TimeoutError out of a read that a cancellation interrupted; the
+    follower must still end, or a stopping worker waits for it forever."""
+    import pytest
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from gateway.cache import DecisionCache, follow_invalidations
+
+    converted = []  # only the first cancellation is turned into a timeout (so a regression ends)
+
+    class PubSub:
+        confirmations = [{"type": "subscribe"}, {"type": "subscribe"}]
+
+        async def subscribe(self, *channels: str) -> None:
+            pass
+
+        async def get_message(self, **_: Any) -> dict[str, str] | None:
+            if self.confirmations:
+                return self.confirmations.pop()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if converted:
+                    raise
+                converted.append(True)
+                raise RedisTimeoutError("Timeout reading from socket") from None
+            return None
+
+        async def aclose(self) -> None:
+            pass
+
+    class Client:
+        async def ping(self) -> bool:
+            return True
+
+        def pubsub(self) -> PubSub:
+            return PubSub()
+
+    class FakeStore:
+        client, events_channel = Client(), "{jobgate}:events"
+
+        def ping_channel(self, holder: str) -> str:
+            return "{jobgate}:ping:" + holder
+
+        async def epoch(self) -> int:
+            return 0
+
+        async def self_ping(self, holder: str, nonce: str) -> None:
+            pass
+
+        async def drop_lease(self, holder: str) -> None:
+            pass
+
+    follower = asyncio.ensure_future(follow_invalidations(DecisionCache(ttl=5), FakeStore(), 30.0))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    follower.cancel()
+    done, _ = await asyncio.wait({follower}, timeout=2)
+    if not done:
+        follower.cancel()
+        await asyncio.wait({follower}, timeout=2)
+    assert done and converted, "the follower went on after its cancellation"
+    with pytest.raises(asyncio.CancelledError):
+        follower.result()
