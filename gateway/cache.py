@@ -242,11 +242,7 @@ async def follow_invalidations(cache: DecisionCache, store: Store, lease: float)
             try:
                 await _follow(cache, store, holder, lease)
             except (RedisError, OSError, StoreUnavailable) as exc:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    # redis-py can turn a cancellation that lands in its read timeout into a
-                    # TimeoutError: stopping must still stop (a worker would never exit)
-                    raise asyncio.CancelledError from exc
+                _stop_if_cancelled()
                 stalled = isinstance(exc, TimeoutError | RedisTimeoutError) or (
                     isinstance(exc, StoreUnavailable) and "Timeout" in str(exc)
                 )
@@ -271,6 +267,7 @@ async def _follow(cache: DecisionCache, store: Store, holder: str, lease: float)
         await pubsub.subscribe(store.events_channel, ping_channel)
         confirmed, deadline = 0, time.monotonic() + lease
         while confirmed < 2:  # events from here on reach us: then read where the epoch stands
+            _stop_if_cancelled()
             message = await pubsub.get_message(timeout=max(deadline - time.monotonic(), 0.01))
             if message is None and time.monotonic() > deadline:
                 raise RedisTimeoutError("subscribe unconfirmed")
@@ -282,6 +279,7 @@ async def _follow(cache: DecisionCache, store: Store, holder: str, lease: float)
         next_ping = 0.0
         log.info("decision cache following %s (lease %.1f s)", store.events_channel, lease)
         while True:
+            _stop_if_cancelled()
             now = cache.clock()
             if ping is not None and now >= ping[1] + lease:
                 cache.lapse()
@@ -315,6 +313,17 @@ async def _follow(cache: DecisionCache, store: Store, holder: str, lease: float)
     finally:
         with contextlib.suppress(Exception):
             await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop.
+
+    redis-py can turn a cancellation that lands in a read with a timeout into a TimeoutError,
+    or swallow it and return no message: stopping must still stop (a worker would never exit).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _text(value: object) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import GATEWAY, build_gateway
@@ -206,10 +207,12 @@ def test_a_lapsed_lease_allows_nothing_until_the_channel_is_back() -> None:
     assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is None
 
 
-async def test_a_cancelled_follower_stops_even_when_redis_py_turns_the_cancellation_into_a_timeout() -> None:
-    """redis-py may raise TimeoutError out of a read that a cancellation interrupted; the
-    follower must still end, or a stopping worker waits for it forever."""
-    import pytest
+@pytest.mark.parametrize("swallowed", [False, True], ids=["as-timeout", "as-no-message"])
+async def test_a_cancelled_follower_stops_even_when_redis_py_turns_the_cancellation_into_a_timeout(
+    swallowed: bool,
+) -> None:
+    """redis-py may raise TimeoutError out of a read that a cancellation interrupted, or return
+    no message; the follower must still end, or a stopping worker waits for it forever."""
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from gateway.cache import DecisionCache, follow_invalidations
@@ -231,6 +234,8 @@ async def test_a_cancelled_follower_stops_even_when_redis_py_turns_the_cancellat
                 if converted:
                     raise
                 converted.append(True)
+                if swallowed:
+                    return None
                 raise RedisTimeoutError("Timeout reading from socket") from None
             return None
 
