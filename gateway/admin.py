@@ -41,7 +41,7 @@ from . import scope_api
 from .config import PRIVATE_REDIS_URL, ConfigError, RegistryConfig, ScopeConfig, load_config
 from .model import ACCESS_LEVELS, FINISH_STATUSES, VISIBILITIES
 from .signing import SigningKeyError, load_or_create_key
-from .store import ControlError, Store, StoreUnavailable, connect, parse_feature
+from .store import ControlError, Store, StoreUnavailable, connect, parse_feature, parse_id, validate_id
 
 ADMIN_STORE = web.AppKey("admin_store", Store)
 
@@ -103,9 +103,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_ADMIN_BODY:
         raise ControlError("request body too large", 413)
     try:
-        data = json.loads(await request.read())
+        data = json.loads(await request.read(), parse_constant=_no_constant)
     except web.HTTPRequestEntityTooLarge:
         raise ControlError("request body too large", 413) from None
+    except RecursionError:
+        raise ControlError("body must be a JSON object (it nests too deep)") from None
+    except ControlError:
+        raise
     except (ValueError, UnicodeDecodeError):
         raise ControlError("body must be a JSON object") from None
     if not isinstance(data, dict):
@@ -113,18 +117,17 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+def _no_constant(name: str) -> Any:
+    """json.loads' hook for NaN, Infinity and -Infinity, which are not JSON."""
+    raise ControlError(f"body must be JSON: {name} is not a number")
+
+
 def _int(value: Any, name: str, required: bool = True) -> int | None:
     if value is None and not required:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ControlError(f"{name} must be an integer")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ControlError(f"{name} must be an integer, got {value!r}") from None
-    if number < 0 or number >= 1 << 63:
-        raise ControlError(f"{name} out of range")
-    return number
+    if isinstance(value, str):
+        return parse_id(value, name)  # ASCII digits only: "١٢٣" is not 123
+    return validate_id(value, name)
 
 
 def _flag(value: Any, name: str) -> bool | None:
@@ -142,13 +145,15 @@ def _str(value: Any, name: str, default: str | None = None) -> str | None:
         return default
     if not isinstance(value, str):
         raise ControlError(f"{name} must be a string")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ControlError(f"{name} must be valid Unicode text (no lone surrogates)") from None
     return value
 
 
 def _path_id(request: web.Request, name: str) -> int:
-    value = _int(request.match_info[name], name)
-    assert value is not None
-    return value
+    return parse_id(request.match_info[name], name)
 
 
 async def _put_project(request: web.Request) -> web.Response:
@@ -221,7 +226,7 @@ async def _start_job(request: web.Request) -> web.Response:
     body = await _body(request)
     timeout = body.get("timeout", 3600)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ControlError("timeout must be a number of seconds")
+        raise ControlError("timeout must be a number of seconds")  # the store checks its range
     job_id = _int(body.get("id"), "id")
     token = await request.app[ADMIN_STORE].start_job(
         job_id,  # type: ignore[arg-type]
@@ -230,7 +235,7 @@ async def _start_job(request: web.Request) -> web.Response:
         pipeline_id=_int(body.get("pipeline"), "pipeline", required=False),
         name=_str(body.get("name"), "name", "") or "",
         ref=_str(body.get("ref"), "ref", "") or "",
-        timeout=float(timeout),
+        timeout=timeout,
         stage=_str(body.get("stage"), "stage", "") or "",
         sha=_str(body.get("sha"), "sha", "") or "",
         tag=bool(_flag(body.get("tag"), "tag")),
@@ -315,6 +320,24 @@ def build_admin(store: Store, admin_token: str) -> web.Application:
 # -- the CLI --------------------------------------------------------------------------
 
 
+def _cli_id(text: str) -> int:
+    """An id argument: ASCII decimal digits (argparse's int() would read '١٢٣' as 123)."""
+    try:
+        return parse_id(text, "id")
+    except ControlError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("id ")) from None
+
+
+def _cli_seconds(text: str) -> float:
+    """A number of seconds in ASCII (float() would read '١٢٣'); the store checks the range."""
+    if not text.isascii():
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}")
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text[:40]!r}") from None
+
+
 def _onoff(text: str) -> bool:
     if text not in ("on", "off"):
         raise argparse.ArgumentTypeError("expected on or off")
@@ -362,7 +385,7 @@ def add_admin_parser(sub: Any) -> None:
         "inbound limit on and is not pending deletion (GitLab's defaults); an update changes only "
         "what is given.",
     )  # fmt: skip
-    pset.add_argument("id", type=int, help="the project id")
+    pset.add_argument("id", type=_cli_id, help="the project id")
     pset.add_argument("--path", metavar="GROUP/SUB/NAME", help="the project's full path")
     pset.add_argument("--visibility", choices=VISIBILITIES, help="private, internal or public")
     pset.add_argument("--scope", type=_onoff, metavar=onoff,
@@ -380,26 +403,26 @@ def add_admin_parser(sub: Any) -> None:
     mset = member.add_subparsers(dest="verb", required=True, metavar="VERB").add_parser(
         "set", help="set a user's access level in a project (0 removes)"
     )
-    mset.add_argument("project_id", type=int, help="the project id")
-    mset.add_argument("user_id", type=int, help="the user id")
-    mset.add_argument("access_level", type=int, help=f"one of {levels}")
+    mset.add_argument("project_id", type=_cli_id, help="the project id")
+    mset.add_argument("user_id", type=_cli_id, help="the user id")
+    mset.add_argument("access_level", type=_cli_id, help=f"one of {levels}")
 
     allow = nouns.add_parser("allowlist", help="outbound allowlists: where a project's jobs may go")
     allow_verbs = allow.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb in ("add", "remove"):
         p = allow_verbs.add_parser(verb, help=f"{verb} TARGET on SOURCE's outbound allowlist")
-        p.add_argument("source_id", type=int, help="the project whose jobs make the requests")
-        p.add_argument("target_id", type=int, help="the project they may reach")
+        p.add_argument("source_id", type=_cli_id, help="the project whose jobs make the requests")
+        p.add_argument("target_id", type=_cli_id, help="the project they may reach")
 
     inbound = nouns.add_parser("inbound", help="inbound allowlists: whose jobs may reach a project")
     inbound_verbs = inbound.add_subparsers(dest="verb", required=True, metavar="VERB")
     suggest = inbound_verbs.add_parser(
         "suggest", help="projects that reached TARGET with a job token (the authentication log)"
     )
-    suggest.add_argument("target_id", type=int, help="the project reached")
+    suggest.add_argument("target_id", type=_cli_id, help="the project reached")
     for verb in ("add", "remove"):
         p = inbound_verbs.add_parser(verb, help=f"{verb} SOURCE on TARGET's inbound allowlist")
-        p.add_argument("target_id", type=int, help="the project reached")
+        p.add_argument("target_id", type=_cli_id, help="the project reached")
         p.add_argument("source", help="a project id or a group path whose jobs may reach it")
         if verb == "add":
             p.add_argument("--policies", metavar="P,P,...",
@@ -409,33 +432,33 @@ def add_admin_parser(sub: Any) -> None:
     job = nouns.add_parser("job", help="jobs: start (prints the token), finish, erase")
     job_verbs = job.add_subparsers(dest="verb", required=True, metavar="VERB")
     start = job_verbs.add_parser("start", help="record a running job; prints its token")
-    start.add_argument("--id", type=int, required=True, help="the job id")
-    start.add_argument("--project", type=int, required=True, help="the job's project id")
-    start.add_argument("--user", type=int, required=True, help="the user the job runs as")
-    start.add_argument("--pipeline", type=int, help="the pipeline id (default: none)")
+    start.add_argument("--id", type=_cli_id, required=True, help="the job id")
+    start.add_argument("--project", type=_cli_id, required=True, help="the job's project id")
+    start.add_argument("--user", type=_cli_id, required=True, help="the user the job runs as")
+    start.add_argument("--pipeline", type=_cli_id, help="the pipeline id (default: none)")
     start.add_argument("--name", default="", help="the job name (default: empty)")
     start.add_argument("--ref", default="", help="the branch or tag (default: empty)")
-    start.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS",
+    start.add_argument("--timeout", type=_cli_seconds, default=3600.0, metavar="SECONDS",
                        help="the token expires this many seconds after start (default: 3600)")  # fmt: skip
     for option, meaning in (("--stage", "the stage"), ("--sha", "the commit SHA"),
                             ("--pipeline-source", "what started the pipeline (push, schedule, ...)"),
                             ("--username", "the user's username"), ("--user-name", "the user's full name")):
         start.add_argument(option, default="", help=f"{meaning} (default: none)")
-    start.add_argument("--pipeline-iid", type=int, help="the pipeline number in its project (default: none)")
+    start.add_argument("--pipeline-iid", type=_cli_id, help="the pipeline number in its project")
     start.add_argument("--tag", action="store_true", help="the ref is a tag")
     start.add_argument("--allow-failure", action="store_true", help="the job may fail")
     finish = job_verbs.add_parser("finish", help="set a job's final status (revokes its token)")
-    finish.add_argument("id", type=int, help="the job id")
+    finish.add_argument("id", type=_cli_id, help="the job id")
     finish.add_argument("--status", choices=FINISH_STATUSES, default="success",
                         help="the final status (default: success)")  # fmt: skip
     erase = job_verbs.add_parser("erase", help="erase a job (revokes its token)")
-    erase.add_argument("id", type=int, help="the job id")
+    erase.add_argument("id", type=_cli_id, help="the job id")
 
     group = nouns.add_parser("group", help="groups: the ids GitLab's API names them by")
     gset = group.add_subparsers(dest="verb", required=True, metavar="VERB").add_parser(
         "set", help="create a group or change its path (the inbound entries naming it follow)"
     )
-    gset.add_argument("id", type=int, help="the group id")
+    gset.add_argument("id", type=_cli_id, help="the group id")
     gset.add_argument("--path", required=True, metavar="GROUP/SUB", help="the group's full path")
 
     registry = nouns.add_parser("registry", help="the container registry token signing key")
@@ -447,8 +470,8 @@ def add_admin_parser(sub: Any) -> None:
     trigger = nouns.add_parser("trigger", help="pipeline trigger tokens")
     trigger_verbs = trigger.add_subparsers(dest="verb", required=True, metavar="VERB")
     create = trigger_verbs.add_parser("create", help="create a trigger token; prints it")
-    create.add_argument("project_id", type=int, help="the project whose pipelines it triggers")
-    create.add_argument("--owner", type=int, required=True, help="the user the pipelines run as")
+    create.add_argument("project_id", type=_cli_id, help="the project whose pipelines it triggers")
+    create.add_argument("--owner", type=_cli_id, required=True, help="the user the pipelines run as")
     revoke = trigger_verbs.add_parser("revoke", help="revoke a trigger token")
     revoke.add_argument("token", help="the trigger token")
     for leaf in leaf_parsers(admin):  # `jobgate admin job start ... --config F` works too

@@ -91,7 +91,8 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
     if not gateway.cache.enabled:
         yield
         return
-    follower = asyncio.ensure_future(follow_invalidations(gateway.cache, gateway.store))
+    lease = gateway.runtime.config.redis.timeout  # a ping answered at least this often
+    follower = asyncio.ensure_future(follow_invalidations(gateway.cache, gateway.store, lease))
     yield
     follower.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -2,10 +2,17 @@
 
 A warm hit costs no Redis round trip. Correctness does not rest on the TTL: every
 control-plane write that can change a decision announces itself on the `events` channel
-and waits until each subscribed gateway has dropped the entries it touches and
-acknowledged (`Store.announce`). A gateway only uses its cache while its subscription is
-up; when it drops, the cache is flushed and bypassed until it is back. A read that raced
-an invalidation is not cached (generation check).
+and waits until each lease holder has dropped the entries it touches and acknowledged, or
+its lease has lapsed (`Store.announce`).
+
+A process uses its cache only while its invalidation channel is known healthy: it pings
+itself through its own subscription every third of `redis.timeout`, and each ping that
+comes back renews its lease (expiry `redis.timeout`, counted from when the ping was sent).
+Past the lease without an answer the cache allows nothing: it is flushed and every
+request is a 503 (`StoreUnavailable`), like any Redis failure, until the channel is back —
+not a bypass to a Redis read that would hang as well. When the subscription is lost with a
+connection error instead, the cache is flushed and bypassed (each request reads Redis) until
+it is back. A read that raced an invalidation is not cached (generation check).
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .config import ScopeConfig
 from .decision import Decision, decide
@@ -91,7 +100,9 @@ class DecisionCache:
         self.max_entries = max_entries
         self.clock = clock
         self.lookups = lookups if lookups is not None else {"hit": 0, "miss": 0, "bypass": 0}
-        self.available = False  # only while the invalidation subscription is up
+        self.available = False  # only while the invalidation subscription is up and caught up
+        self.lease_until = 0.0  # on `clock`: the cache answers only before this
+        self.stalled = False  # the channel stopped answering: every request is a 503
         self.generation = 0
         self._entries: dict[CacheKey, CacheEntry] = {}  # insertion order: oldest first
         self._tags: dict[str, set[CacheKey]] = {}
@@ -105,16 +116,31 @@ class DecisionCache:
         return len(self._entries)
 
     def entry(self, key: CacheKey) -> CacheEntry | None:
-        """The live cache entry, or None (miss, expired, or cache not usable)."""
+        """The live cache entry, or None (miss, expired, or cache bypassed).
+
+        Raises StoreUnavailable while the invalidation channel is stalled (its lease lapsed).
+        """
         if not self.available:
+            if self.stalled:
+                raise StoreUnavailable("invalidation channel stalled")
             return None
+        now = self.clock()
+        if now >= self.lease_until:
+            self.lapse()
+            raise StoreUnavailable("invalidation channel stalled")
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires < self.clock():
+        if entry.expires < now:
             self._drop(key)
             return None
         return entry
+
+    def lapse(self) -> None:
+        """The lease ran out unanswered: allow nothing, remember nothing, until the channel is back."""
+        self.available = False
+        self.stalled = True
+        self.flush()
 
     def outcome(
         self, key: CacheKey, action: Action | None, grants: bool, now: float, scope: ScopeConfig
@@ -151,7 +177,12 @@ class DecisionCache:
 
     def put(self, key: CacheKey, state: AccessState, generation: int) -> CacheEntry | None:
         """Keep a state read at `generation`, unless an invalidation happened meanwhile."""
-        if not self.available or generation != self.generation or state.kind is TokenKind.UNKNOWN:
+        if (
+            not self.available
+            or generation != self.generation
+            or state.kind is TokenKind.UNKNOWN
+            or self.clock() >= self.lease_until
+        ):
             return None
         if key[1].job_id is not None and state.target is None:
             return None  # a job not recorded yet: starting one announces nothing to wait for
@@ -161,6 +192,8 @@ class DecisionCache:
         if state.source is not None:
             tags.append(f"prj:{state.source.id}")
         tags.append(f"prj:{state.target.id}" if state.target is not None else "prj:*")
+        # a project registered later at one of the candidate paths wins the resolution
+        tags.extend(f"path:{path.lower()}" for path in key[1].paths)
         if key in self._entries:
             self._drop(key)
         while len(self._entries) >= self.max_entries:
@@ -171,11 +204,14 @@ class DecisionCache:
         return entry
 
     def invalidate(self, event: str) -> None:
-        """Drop every entry an event touches (`job:<id>`, `prj:<id>`, `tok:<digest>`)."""
+        """Drop every entry an event touches (`job:<id>`, `prj:<id>`, `tok:<digest>`,
+        `path:<lower-cased path>`, several joined by commas)."""
         self.generation += 1
-        keys = set(self._tags.get(event, ()))
-        if event.startswith("prj:"):  # a project change may also resolve a path that found none
-            keys |= self._tags.get("prj:*", set())
+        keys: set[CacheKey] = set()
+        for one in event.split(","):
+            keys |= self._tags.get(one, set())
+            if one.startswith("prj:"):  # a project change may also resolve a path that found none
+                keys |= self._tags.get("prj:*", set())
         for key in keys:
             self._drop(key)
 
@@ -197,33 +233,100 @@ class DecisionCache:
                     del self._tags[tag]
 
 
-async def follow_invalidations(cache: DecisionCache, store: Store) -> None:
-    """Keep the cache subscribed to the events channel; acknowledge each event after applying it."""
+async def follow_invalidations(cache: DecisionCache, store: Store, lease: float) -> None:
+    """Keep the cache subscribed to the events channel and its lease renewed; acknowledge each
+    event after applying it (see the module docstring)."""
+    holder = secrets.token_hex(8)  # this process's lease
     backoff = 0.1
-    while True:
-        pubsub = store.client.pubsub()
-        try:
-            await store.client.ping()  # a cluster client learns its slots on first use
-            await pubsub.subscribe(store.events_channel)
-            cache.flush()
-            cache.available = True
-            backoff = 0.1
-            log.info("decision cache on: following %s", store.events_channel)
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is None or message.get("type") != "message":
+    try:
+        while True:
+            stalled = False
+            try:
+                await _follow(cache, store, holder, lease)
+            except (RedisError, OSError, StoreUnavailable) as exc:
+                _stop_if_cancelled()
+                stalled = isinstance(exc, TimeoutError | RedisTimeoutError) or (
+                    isinstance(exc, StoreUnavailable) and "Timeout" in str(exc)
+                )
+                log.warning("decision cache off until Redis is back (%s)", type(exc).__name__)
+            finally:
+                cache.available = False
+                cache.flush()
+            cache.stalled = cache.stalled or stalled
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(store.drop_lease(holder), lease)
+
+
+async def _follow(cache: DecisionCache, store: Store, holder: str, lease: float) -> None:
+    """One subscription's life: ping, renew, apply events; returns only by raising."""
+    ping_channel = store.ping_channel(holder)
+    pubsub = store.client.pubsub()
+    try:
+        await store.client.ping()  # a cluster client learns its slots on first use
+        await pubsub.subscribe(store.events_channel, ping_channel)
+        confirmed, deadline = 0, time.monotonic() + lease
+        while confirmed < 2:  # events from here on reach us: then read where the epoch stands
+            _stop_if_cancelled()
+            message = await pubsub.get_message(timeout=max(deadline - time.monotonic(), 0.01))
+            if message is None and time.monotonic() > deadline:
+                raise RedisTimeoutError("subscribe unconfirmed")
+            confirmed += message is not None and message.get("type") == "subscribe"
+        cache.flush()  # events before the subscription are lost to us: start empty
+        seen = await store.epoch()
+        needed: int | None = None
+        ping: tuple[str, float] | None = None  # the nonce in flight and when it was sent
+        next_ping = 0.0
+        log.info("decision cache following %s (lease %.1f s)", store.events_channel, lease)
+        while True:
+            _stop_if_cancelled()
+            now = cache.clock()
+            if ping is not None and now >= ping[1] + lease:
+                cache.lapse()
+                raise RedisTimeoutError("self-ping unanswered for a whole lease")
+            if ping is None and now >= next_ping:
+                ping = (secrets.token_hex(8), now)
+                next_ping = now + lease / 3
+                await store.self_ping(holder, ping[0])
+            wait = (ping[1] + lease if ping is not None else next_ping) - cache.clock()
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=max(wait, 0.01))
+            if message is None or message.get("type") != "message":
+                continue
+            channel, data = _text(message["channel"]), _text(message["data"])
+            if channel == ping_channel:
+                if ping is None or data != ping[0]:
                     continue
-                data = message["data"]
-                event, _, nonce = (data.decode() if isinstance(data, bytes) else str(data)).partition(" ")
+                needed = await store.renew_lease(holder, lease)
+                cache.lease_until = ping[1] + lease  # the lease in Redis ends later than this
+                cache.stalled = False
+                ping = None
+            else:
+                event, _, rest = data.partition(" ")
+                nonce, _, epoch = rest.partition(" ")
                 cache.invalidate(event)
+                if epoch.isdigit():
+                    seen = max(seen, int(epoch))
                 if nonce:
-                    await store.acknowledge(nonce)
-        except (RedisError, OSError, StoreUnavailable) as exc:
-            log.warning("decision cache off until Redis is back (%s)", type(exc).__name__)
-        finally:
-            cache.available = False
-            cache.flush()
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 2.0)
+                    await store.acknowledge(nonce, holder)
+            # caught up with every event announced before the last renewal: the cache may answer
+            cache.available = needed is not None and seen >= needed
+    finally:
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop.
+
+    redis-py can turn a cancellation that lands in a read with a timeout into a TimeoutError,
+    or swallow it and return no message: stopping must still stop (a worker would never exit).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -36,10 +36,16 @@ key                   type    content
 ``auth:<target>``     hash    authentication log: ``<source id>|<route>`` -> count of
                               cross-project accesses (for `inbound suggest`)
 ``fail:<client ip>``  string  unknown-token attempts in the current minute (rate limit)
-``events``            pubsub  ``<event> <nonce>`` after every write that changes a decision:
-                              ``job:<id>``, ``prj:<id>``, ``tok:<sha256>``; each gateway that
-                              caches acknowledges with RPUSH ``ack:<nonce>``, and the write
-                              returns only when every subscriber has (bounded wait)
+``events``            pubsub  ``<event> <nonce> <epoch>`` after every write that changes a
+                              decision: ``job:<id>``, ``prj:<id>``, ``tok:<sha256>``,
+                              ``path:<path>`` (several joined by commas); each lease holder
+                              acknowledges with RPUSH ``ack:<nonce>`` of its holder id
+``epoch``             string  how many events were announced (INCR with each PUBLISH)
+``leases``            zset    caching processes: holder id -> lease expiry (Redis time, ms).
+                              A process caches only while its lease is valid, and renews it
+                              only after a self-ping through its own subscription came back
+``ping:<holder>``     pubsub  a holder's self-ping channel
+``ack:<nonce>``       list    the holder ids that applied one event
 ====================  ======  ==========================================================
 
 Group entries are stored by path, the way the hot-path read walks a source project's
@@ -48,6 +54,11 @@ groups; a group's id is only what the control plane names it by. Renaming a grou
 entry listed in ``gin:<old path>`` to ``g:<new path>``, so an entry's id and path stay
 consistent. A rename moves only that group's own entries: subgroups and projects keep
 the paths they were given until the orchestrator sets theirs (GitLab reports each).
+
+A revoking write returns once it is durable (``WAIT 1`` when replicas are connected) and
+every process that held a lease when it was announced has acknowledged it or seen its
+lease lapse: so no cache anywhere allows on state older than a write that returned
+(docs/reliability.md: the argument and the worst case).
 """
 
 from __future__ import annotations
@@ -87,7 +98,9 @@ from .model import (
 )
 
 JOB_RETENTION_SECONDS = 86400  # a finished job's record stays this long after its expiry
-ANNOUNCE_WAIT = 2.0  # seconds a revoking write waits for caching gateways to acknowledge
+ANNOUNCE_WAIT = 2.0  # seconds a revoking write waits (WAIT 1) for a replica to have it
+MAX_JOB_TIMEOUT = 366 * 86400  # seconds: a job token lives a year at most
+MAX_ID = (1 << 63) - 1  # ids are positive 64-bit integers (GitLab's bigint ids)
 
 
 class StoreUnavailable(Exception):
@@ -262,12 +275,20 @@ if redis.call('EXISTS', p .. 'prj:' .. project) == 0 then
 end
 local key = p .. 'job:' .. id
 if redis.call('EXISTS', key) == 1 then return {err = 'job ' .. id .. ' already exists'} end
+local expires, retain = tonumber(ARGV[5]), tonumber(ARGV[6])
+if not expires or not retain or retain ~= math.floor(retain) or retain <= expires or retain >= 2^52 then
+  return {err = 'timeout out of range'}
+end
 redis.call('HSET', key, 'p', project, 'u', ARGV[4], 's', 'running', 'e', '0',
   'x', ARGV[5], 'd', digest, 't', ARGV[7])
 for i = 8, #ARGV, 2 do
   if ARGV[i + 1] ~= '' then redis.call('HSET', key, ARGV[i], ARGV[i + 1]) end
 end
-redis.call('EXPIREAT', key, tonumber(ARGV[6]))
+local ok = redis.pcall('EXPIREAT', key, retain)
+if type(ok) == 'table' and ok.err then
+  redis.call('DEL', key)  -- all or nothing: never a running job without an expiry
+  return {err = 'timeout out of range'}
+end
 return 1
 """
 
@@ -351,6 +372,31 @@ end
 redis.call('SET', p .. 'gpath:' .. lower, id)
 redis.call('HSET', key, 'path', path)
 return moved
+"""
+
+# Publish an event with the next epoch and name the lease holders that must acknowledge it,
+# in one atomic step: a holder that renews later has the event in its epoch (see `renew`).
+_ANNOUNCE = """
+local p = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', p .. 'leases', '-inf', now)
+local epoch = redis.call('INCR', p .. 'epoch')
+redis.call('PUBLISH', p .. 'events', ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. epoch)
+local out = {now}
+local holders = redis.call('ZRANGEBYSCORE', p .. 'leases', '(' .. now, '+inf', 'WITHSCORES')
+for i = 1, #holders do out[#out + 1] = holders[i] end
+return out
+"""
+
+# Renew a caching process's lease (after its self-ping came back): the epoch it must have
+# applied before it may use its cache.
+_RENEW_LEASE = """
+local p = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', p .. 'leases', now + tonumber(ARGV[2]), ARGV[1])
+return tonumber(redis.call('GET', p .. 'epoch') or '0')
 """
 
 
@@ -491,6 +537,8 @@ class Store:
         self._require_projects = register(_REQUIRE_PROJECTS)
         self._set_inbound = register(_SET_INBOUND)
         self._set_group = register(_SET_GROUP)
+        self._announce = register(_ANNOUNCE)
+        self._renew_lease = register(_RENEW_LEASE)
 
     @property
     def events_channel(self) -> str:
@@ -506,35 +554,89 @@ class Store:
             try:
                 return await script(keys=[self.prefix], args=list(args))
             except ResponseError as exc:
-                message = str(exc).split("script:", 1)[-1].split(" script:")[0].strip()
+                message = str(exc)
+                if "@user_script" in message or "script:" in message:
+                    # a script that failed to run (not one of its refusals): say so without the
+                    # script's hash or its Lua line
+                    raise StoreUnavailable("ResponseError") from None
                 raise ControlError(message) from None
 
-    async def announce(self, event: str, wait: float = ANNOUNCE_WAIT) -> int:
-        """Publish `event` to caching gateways and wait (bounded) until each acknowledged it.
+    def ping_channel(self, holder: str) -> str:
+        """The channel a caching process pings itself through."""
+        return f"{self.prefix}ping:{holder}"
 
-        Returns how many acknowledged. A gateway that does not acknowledge in time has lost
-        its subscription, and a gateway without one bypasses its cache, so a write that
-        returns is in force for every request that starts after it.
+    async def announce(self, event: str, wait: float = ANNOUNCE_WAIT) -> int:
+        """Publish `event` and return once it is in force everywhere; how many holders acknowledged.
+
+        1. When replicas are connected, `WAIT 1` (at most `wait` seconds): a write a failover
+           could lose has not returned (StoreUnavailable; the caller may retry).
+        2. Every process holding a cache lease when the event went out acknowledges it, or its
+           lease lapses (after which it uses no cache until a self-ping and renewal, whose
+           epoch makes it apply this event first). So the wait is bounded by the longest lease.
         """
         nonce = secrets.token_hex(8)
         ack = f"{self.prefix}ack:{nonce}"
         with _unavailable_on_error():
-            receivers = int(await self.client.publish(self.events_channel, f"{event} {nonce}"))
+            reply = await self._announce(keys=[self.prefix], args=[event, nonce])
+            sent = time.monotonic()
+            now_ms, rest = int(reply[0]), [_text(v) for v in reply[1:]]
+            # each holder's lease end on this process's clock (measured from the reply: later)
+            ends = zip(rest[::2], rest[1::2], strict=True)
+            pending = {holder: sent + (int(float(end)) - now_ms) / 1000 for holder, end in ends}
+            await self._replicate(wait)
             acknowledged = 0
-            deadline = time.monotonic() + wait
-            while acknowledged < receivers and (left := deadline - time.monotonic()) > 0:
+            while pending:
+                now = time.monotonic()
+                pending = {h: until for h, until in pending.items() if until > now}
+                if not pending:
+                    break
                 # short blocking steps: each stays under the client's socket timeout
-                if await self.client.blpop([ack], timeout=min(max(left, 0.01), 0.25)) is not None:
+                step = min(max(max(pending.values()) - now, 0.01), 0.25)
+                got = await self.client.blpop([ack], timeout=step)
+                if got is not None and pending.pop(_text(got[1]), None) is not None:
                     acknowledged += 1
             await self.client.delete(ack)
         return acknowledged
 
-    async def acknowledge(self, nonce: str) -> None:
-        """A caching gateway's receipt of one event (see `announce`)."""
+    async def _replicate(self, wait: float) -> None:
+        """`WAIT 1` when the master has replicas: the write survives a failover once it returns."""
+        if isinstance(self.client, RedisCluster):
+            return  # cluster nodes here run without replicas (see docs/reliability.md)
+        info = await self.client.info("replication")
+        if int(info.get("connected_slaves", 0)) == 0:
+            return
+        if int(await self.client.wait(1, max(1, int(wait * 1000)))) < 1:
+            raise StoreUnavailable("write not replicated")
+
+    async def acknowledge(self, nonce: str, holder: str) -> None:
+        """A lease holder's receipt of one event (see `announce`)."""
         key = f"{self.prefix}ack:{nonce}"
         with _unavailable_on_error():
-            await self.client.rpush(key, "1")
-            await self.client.expire(key, 30)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.rpush(key, holder)
+                pipe.expire(key, 30)
+                await pipe.execute()
+
+    async def self_ping(self, holder: str, nonce: str) -> None:
+        """Publish `nonce` on the holder's own ping channel (it comes back through its subscription)."""
+        with _unavailable_on_error():
+            await self.client.publish(self.ping_channel(holder), nonce)
+
+    async def renew_lease(self, holder: str, seconds: float) -> int:
+        """Hold (or extend) a cache lease for `seconds` from now; the epoch to have applied first."""
+        with _unavailable_on_error():
+            milliseconds = max(1, int(seconds * 1000))
+            return int(await self._renew_lease(keys=[self.prefix], args=[holder, milliseconds]))
+
+    async def drop_lease(self, holder: str) -> None:
+        """Give a lease up (a stopping process): writers no longer wait for it."""
+        with _unavailable_on_error():
+            await self.client.zrem(f"{self.prefix}leases", holder)
+
+    async def epoch(self) -> int:
+        """How many events have been announced so far."""
+        with _unavailable_on_error():
+            return int(await self.client.get(f"{self.prefix}epoch") or 0)
 
     async def ping(self) -> bool:
         """True when Redis answers."""
@@ -614,7 +716,8 @@ class Store:
                 *feature_args,
             ],
         )
-        await self.announce(f"prj:{project_id}")
+        # a path also drops cached resolutions of longer paths that found a shorter project
+        await self.announce(f"prj:{project_id}" + (f",path:{path.lower()}" if path else ""))
         it = iter(_text(v) for v in raw)
         return dict(zip(it, it, strict=True))
 
@@ -742,8 +845,17 @@ class Store:
         Beyond what validity needs, the job's description (`GET /api/v4/job`) is stored only
         where given, so a job costs Redis memory only for what the orchestrator said.
         """
-        if timeout <= 0:
-            raise ControlError("timeout must be a positive number of seconds")
+        for field, value in (("id", job_id), ("project", project_id), ("user", user_id),
+                             ("pipeline", pipeline_id), ("pipeline_iid", pipeline_iid)):  # fmt: skip
+            if value is not None:
+                validate_id(value, field)
+        # the range check also refuses NaN and infinities, and never converts a huge int to float
+        number = isinstance(timeout, int | float) and not isinstance(timeout, bool)
+        if not number or not 0 < timeout <= MAX_JOB_TIMEOUT:
+            raise ControlError(
+                f"timeout must be a number of seconds above 0 and at most {MAX_JOB_TIMEOUT}, "
+                f"got {timeout!r:.24}"
+            )
         now = time.time() if now is None else now
         token = f"{JOB_TOKEN_PREFIX}{job_id}_{secrets.token_urlsafe(30)}"
         expires = math.ceil(now + timeout)
@@ -850,6 +962,22 @@ class Store:
         return revoked
 
 
+def validate_id(value: object, name: str) -> int:
+    """An id: an int from 0 to 2**63 - 1 (not a bool, not a float); ControlError naming `name` else."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ControlError(f"{name} must be an integer")
+    if not 0 <= value <= MAX_ID:
+        raise ControlError(f"{name} out of range (0 to {MAX_ID})")
+    return value
+
+
+def parse_id(text: str, name: str) -> int:
+    """An id written in ASCII decimal digits (not '١٢٣', not '+1', not ' 1'); ControlError else."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+        raise ControlError(f"{name} must be an integer in ASCII digits, got {text[:40]!r}")
+    return validate_id(int(text), name)
+
+
 def validate_project_path(path: str) -> str:
     """A full project path: segments of letters, digits, '_', '-', '.', at least two deep."""
     segments = path.split("/")
@@ -870,8 +998,8 @@ def validate_group_path(path: str) -> str:
 
 def inbound_entry_key(source: str) -> str:
     """`p:<id>` for a project id, `g:<path>` for a group path."""
-    if source.isdigit():
-        return f"p:{int(source)}"
+    if source.isascii() and source.isdigit():
+        return f"p:{parse_id(source, 'source')}"
     segments = source.strip("/").split("/")
     if not all(is_path_segment(s) for s in segments):
         raise ControlError(f"inbound source must be a project id or a group path, got {source!r}")

@@ -144,7 +144,7 @@ async def test_cli_verbs_as_the_spec_lists_them(redis_server: RedisProcess, stor
         (("member", "set", "1", "7", "33"), 1, "access level must be one of"),
         (("inbound", "add", "1", "g", "--policies", "read_all"), 1, "unknown job token policy read_all"),
         (("project", "set", "1", "--visibility", "nope"), 2, "invalid choice"),
-        (("job", "start", "--id", "x", "--project", "1", "--user", "1"), 2, "invalid int value"),
+        (("job", "start", "--id", "x", "--project", "1", "--user", "1"), 2, "must be an integer"),
     ],
 )
 async def test_cli_errors_are_clear(

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway.app import GATEWAY, build_gateway
@@ -155,7 +156,7 @@ def test_entries_expire_with_the_ttl_on_the_cache_clock() -> None:
 
     now = [100.0]
     cache = DecisionCache(ttl=5, clock=lambda: now[0])
-    cache.available = True
+    cache.available, cache.lease_until = True, 1000.0  # as a follower with a renewed lease sets them
     key = ("t:" + "a" * 64, TargetRef(1))
     assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is not None
     now[0] = 104.9
@@ -176,3 +177,115 @@ async def test_a_group_rename_reaches_cached_decisions(
     assert (await client.get(LIB, headers=headers)).status == 200
     await world.store.set_group(10, "renamed")  # project 1 stays at group/app: no longer covered
     assert (await client.get(LIB, headers=headers)).status == 404
+async def test_a_project_at_a_longer_path_drops_cached_path_resolutions(
+    world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
+) -> None:
+    """`group/app/img` registered beside `group/app`: a cached `{repo+}` resolution of
+    `group/app/img...` to `group/app` is dropped by the write, not kept until cache.ttl.
+
+    A container repository below a project (`group/app/img` in `group/app`'s registry) is
+    the case: a git path longer than its project is refused outright (trust boundary)."""
+    from .conftest import basic
+
+    client = await cached_gateway(redis_server.url, upstream, aiohttp_client)
+    auth = {"Authorization": basic("gitlab-ci-token", world.tokens["100"])}
+    tags = "/v2/group/app/img/tags/list"
+    assert (await client.get(tags, headers=auth)).status == 200  # resolves to group/app, its own project
+    assert (await client.get(tags, headers=auth)).status == 200
+    assert lookups(client, "hit") == 1, "the resolution is cached"
+    await world.project(3, "group/app/img", "private")  # user 7 is no member: a private project
+    assert (await client.get(tags, headers=auth)).status == 404
+    assert upstream.requests[-1].path_qs == tags and len(upstream.requests) == 2
+
+
+def test_a_lapsed_lease_allows_nothing_until_the_channel_is_back() -> None:
+    """Past its lease (no self-ping answered for redis.timeout) the cache neither answers nor
+    lets the request fall through to a Redis read: a StoreUnavailable (503), and it forgets."""
+    import pytest
+
+    from gateway.cache import DecisionCache
+    from gateway.model import AccessState, TargetRef, TokenKind
+    from gateway.store import StoreUnavailable
+
+    now = [100.0]
+    cache = DecisionCache(ttl=5, clock=lambda: now[0])
+    cache.available, cache.lease_until = True, 100.5
+    key = ("t:" + "a" * 64, TargetRef(1))
+    assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is not None
+    assert cache.entry(key) is not None
+    now[0] = 100.5
+    with pytest.raises(StoreUnavailable):
+        cache.entry(key)
+    assert len(cache) == 0 and cache.stalled and not cache.available
+    with pytest.raises(StoreUnavailable):
+        cache.entry(key)  # and stays so until the follower renews the lease
+    assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is None
+
+
+@pytest.mark.parametrize("swallowed", [False, True], ids=["as-timeout", "as-no-message"])
+async def test_a_cancelled_follower_stops_even_when_redis_py_turns_the_cancellation_into_a_timeout(
+    swallowed: bool,
+) -> None:
+    """redis-py may raise TimeoutError out of a read that a cancellation interrupted, or return
+    no message; the follower must still end, or a stopping worker waits for it forever."""
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from gateway.cache import DecisionCache, follow_invalidations
+
+    converted = []  # only the first cancellation is turned into a timeout (so a regression ends)
+
+    class PubSub:
+        confirmations = [{"type": "subscribe"}, {"type": "subscribe"}]
+
+        async def subscribe(self, *channels: str) -> None:
+            pass
+
+        async def get_message(self, **_: Any) -> dict[str, str] | None:
+            if self.confirmations:
+                return self.confirmations.pop()
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if converted:
+                    raise
+                converted.append(True)
+                if swallowed:
+                    return None
+                raise RedisTimeoutError("Timeout reading from socket") from None
+            return None
+
+        async def aclose(self) -> None:
+            pass
+
+    class Client:
+        async def ping(self) -> bool:
+            return True
+
+        def pubsub(self) -> PubSub:
+            return PubSub()
+
+    class FakeStore:
+        client, events_channel = Client(), "{jobgate}:events"
+
+        def ping_channel(self, holder: str) -> str:
+            return "{jobgate}:ping:" + holder
+
+        async def epoch(self) -> int:
+            return 0
+
+        async def self_ping(self, holder: str, nonce: str) -> None:
+            pass
+
+        async def drop_lease(self, holder: str) -> None:
+            pass
+
+    follower = asyncio.ensure_future(follow_invalidations(DecisionCache(ttl=5), FakeStore(), 30.0))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    follower.cancel()
+    done, _ = await asyncio.wait({follower}, timeout=2)
+    if not done:
+        follower.cancel()
+        await asyncio.wait({follower}, timeout=2)
+    assert done and converted, "the follower went on after its cancellation"
+    with pytest.raises(asyncio.CancelledError):
+        follower.result()

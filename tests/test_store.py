@@ -77,7 +77,7 @@ async def test_project_path_rename_moves_the_index(store: Store) -> None:
         (lambda s: s.set_member(1, 7, 25), "access level must be one of"),
         (lambda s: s.set_member(42, 7, 30), "project 42 does not exist"),
         (lambda s: s.start_job(1, 42, 7), "project 42 does not exist"),
-        (lambda s: s.start_job(1, 1, 7, timeout=0), "timeout must be a positive"),
+        (lambda s: s.start_job(1, 1, 7, timeout=0), "timeout must be a number of seconds above 0"),
         (lambda s: s.finish_job(12345), "job 12345 does not exist"),
         (lambda s: s.finish_job(1, "exploded"), "status must be one of"),
         (lambda s: s.set_inbound(1, "bad path!", True), "project id or a group path"),
@@ -104,8 +104,11 @@ async def test_duplicate_job_is_refused(store: Store) -> None:
         await store.start_job(100, 1, 7)
 
 
-async def test_revoking_writes_wait_for_subscribers_to_acknowledge(store: Store) -> None:
+async def test_revoking_writes_wait_for_every_lease_holder(store: Store) -> None:
+    """A write returns once every process holding a cache lease acknowledged it, or once that
+    lease lapsed; processes without a lease are not waited for."""
     import asyncio
+    import time
 
     await store.set_project(1, "group/app", "private")
     await store.start_job(100, 1, 7)
@@ -113,26 +116,35 @@ async def test_revoking_writes_wait_for_subscribers_to_acknowledge(store: Store)
     await pubsub.subscribe(store.events_channel)
     await pubsub.get_message(timeout=1)
     seen: list[str] = []
-
     stop = asyncio.Event()
 
     async def subscriber() -> None:
         while not stop.is_set():
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
             if message:
-                event, nonce = message["data"].decode().split()
+                event, nonce, _epoch = message["data"].decode().split()
                 seen.append(event)
-                await store.acknowledge(nonce)
+                await store.acknowledge(nonce, "a")
 
     task = asyncio.ensure_future(subscriber())
+    assert await store.announce("job:100") == 0  # a subscriber without a lease: no wait
+    assert await store.renew_lease("a", 5.0) == 2  # the epoch it must have applied (2 events)
     assert await store.announce("job:100") == 1
     await store.finish_job(100)
     await store.set_member(1, 7, 20)  # lowering a role changes decisions too
-    assert seen == ["job:100", "job:100", "prj:1"]
+    assert seen == ["job:100", "job:100", "job:100", "prj:1"]
     stop.set()
     await task  # ended before its connection closes (a cancelled read could outlive it)
     await pubsub.aclose()
-    assert await store.announce("job:100", wait=0.3) == 0  # nobody listening: no wait
+    await store.renew_lease("a", 0.4)  # a holder that stopped answering: its lease lapses
+    started = time.monotonic()
+    assert await store.announce("job:100") == 0
+    assert 0.2 < time.monotonic() - started < 1.0
+    await store.renew_lease("b", 5.0)
+    await store.drop_lease("b")  # a stopping process gives its lease up
+    started = time.monotonic()
+    assert await store.announce("job:100") == 0
+    assert time.monotonic() - started < 0.2
 
 
 @pytest.mark.parametrize(

@@ -253,3 +253,52 @@ def test_slow_clients_are_cut_off(tmp_path: Path, redis_server: RedisProcess, st
             assert answer.startswith(b"HTTP/1.1 408"), answer[:100]
         assert status(gw.url + PKG + "?size=10", {"JOB-TOKEN": token}) == 200
         assert '"status":408' in gw.log()
+
+
+def test_redis_paused_with_a_warm_cache_stops_allowing_within_the_timeout(
+    tmp_path: Path, own_redis: RedisProcess
+) -> None:
+    """SIGSTOP of redis-server under traffic, the cache on (the default): cached decisions stop
+    allowing once a self-ping has gone unanswered for `redis.timeout` (not after cache.ttl),
+    the 503s come at once (no hanging Redis read), and SIGCONT brings 200s back by itself."""
+    timeout = 0.5
+    with (
+        BulkUpstream(tmp_path) as bulk,
+        JobgateProcess(tmp_path, own_redis.url, {"packages": bulk.url}, workers=2,
+                       redis={"url": own_redis.url, "timeout": timeout}) as gw,  # fmt: skip
+    ):
+        token = register(gw)
+        url, auth = gw.url + PKG + "?size=10", {"JOB-TOKEN": token}
+        assert status(url, auth) == 200
+        answers: list[tuple[float, float, int]] = []  # sent, took, status
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                sent = time.monotonic()
+                code = status(url, auth)
+                answers.append((sent, time.monotonic() - sent, code))
+
+        threads = [threading.Thread(target=traffic) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # warm, under traffic
+        assert own_redis.process is not None
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        paused = time.monotonic()
+        try:
+            time.sleep(2.5)
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        time.sleep(3.0)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        during = [(s - paused, took, code) for s, took, code in answers if paused <= s < resumed]
+        allowed = [s for s, _, code in during if code == 200]
+        assert during and max(allowed, default=0.0) < timeout + 0.1, allowed[-5:]
+        late = [(s, took, code) for s, took, code in during if s > timeout + 0.1]
+        assert late and {code for _, _, code in late} == {503}, late[:5]
+        assert sorted(took for _, took, _ in late)[len(late) // 2] < 0.1, "the 503s hung on Redis"
+        assert any(code == 200 for s, _, code in answers if s > resumed + 1.5), "no 200 after SIGCONT"
