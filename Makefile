@@ -72,6 +72,7 @@ $(NODE_PEERS): tests/peers_node/package.json tests/peers_node/package-lock.json 
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	$(BIN)/pytest -q

@@ -1,6 +1,6 @@
 """The floor for a Python proxy: jobgate's own streaming code with no authentication at all.
 
-    python bench/bare_proxy.py PORT UPSTREAM_URL
+python bench/bare_proxy.py PORT UPSTREAM_URL
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ end
 """
 
 
-def wrk(url: str, seconds: float, headers: dict[str, str], lua: Path, connections: int = 16) -> dict[str, Any]:
+def wrk(
+    url: str, seconds: float, headers: dict[str, str], lua: Path, connections: int = 16
+) -> dict[str, Any]:
     """One wrk run: requests/s and latency percentiles (microseconds)."""
     args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(lua)]
     for name, value in headers.items():
@@ -142,16 +144,23 @@ def instructions(tmp: Path, upstream: str, gw: JobgateProcess, auth: dict[str, s
             wait_http(url + "/", server, log, timeout=120)
             headers = {} if name in PROXIES else auth
             sequential(port, SMALL, headers, 200)  # warm-up, not counted
-            subprocess.run(["callgrind_control", "-i", "on", str(server.pid)], capture_output=True, check=True)
+            subprocess.run(
+                ["callgrind_control", "-i", "on", str(server.pid)], capture_output=True, check=True
+            )
             run = {"requests": sequential(port, SMALL, headers, COUNTED_REQUESTS)}
-            subprocess.run(["callgrind_control", "-i", "off", str(server.pid)], capture_output=True, check=True)
+            subprocess.run(
+                ["callgrind_control", "-i", "off", str(server.pid)], capture_output=True, check=True
+            )
             subprocess.run(["callgrind_control", "-d", str(server.pid)], capture_output=True, check=True)
         finally:
             server.terminate()
             server.wait(timeout=60)
         total = max((int(line.split()[1]) for dump in tmp.glob(f"callgrind.{port}*")
                      for line in dump.read_text().splitlines() if line.startswith("totals:")), default=0)  # fmt: skip
-        counts[name] = {"requests": run["requests"], "instructions_per_request": round(total / max(run["requests"], 1))}
+        counts[name] = {
+            "requests": run["requests"],
+            "instructions_per_request": round(total / max(run["requests"], 1)),
+        }
     naive, bare, warm = (counts[k]["instructions_per_request"] for k in (*PROXIES, "jobgate (cache warm)"))
     counts["ratio_bare_to_jobgate"] = round(bare / max(warm, 1), 3)
     counts["ratio_naive_to_jobgate"] = round(naive / max(warm, 1), 3)
@@ -159,8 +168,15 @@ def instructions(tmp: Path, upstream: str, gw: JobgateProcess, auth: dict[str, s
     return counts
 
 
-def instructions_only(tmp: Path, stack: ExitStack, redis_url: str, upstream: str, upstreams: dict[str, str],
-                      extra: dict[str, Any], times: int) -> int:
+def instructions_only(
+    tmp: Path,
+    stack: ExitStack,
+    redis_url: str,
+    upstream: str,
+    upstreams: dict[str, str],
+    extra: dict[str, Any],
+    times: int,
+) -> int:
     """`--instructions-only N`: the callgrind count N times, each figure's median printed."""
     (tmp / "gw").mkdir()
     gw = stack.enter_context(JobgateProcess(tmp / "gw", redis_url, upstreams, **extra))
@@ -265,7 +281,9 @@ def revocation(gws: list[JobgateProcess], token: str) -> dict[str, Any]:
         for _ in range(3):
             urllib.request.urlopen(urllib.request.Request(gw.url + SMALL, headers=url_headers)).read()
     finish = urllib.request.Request(
-        f"http://127.0.0.1:{gws[0].admin_port}/admin/v1/jobs/1/finish", data=b"{}", method="POST",
+        f"http://127.0.0.1:{gws[0].admin_port}/admin/v1/jobs/1/finish",
+        data=b"{}",
+        method="POST",
         headers={"Authorization": "Bearer e2e-admin-token"},
     )
     started = time.perf_counter()
@@ -290,8 +308,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per scenario")
     parser.add_argument("--jobs", type=int, default=1_000_000)
-    parser.add_argument("--instructions-only", type=int, metavar="N", default=0,
-                        help="only count instructions per request under callgrind, N times (medians)")
+    parser.add_argument(
+        "--instructions-only",
+        type=int,
+        metavar="N",
+        default=0,
+        help="only count instructions per request under callgrind, N times (medians)",
+    )
     args = parser.parse_args()
     seconds = 1.0 if args.smoke else args.seconds
     args.rounds = 1 if args.smoke else args.rounds
@@ -313,41 +336,66 @@ def main() -> int:
         big.truncate(GiB)
     with ExitStack() as stack:
         redis = stack.enter_context(RedisProcess())
-        nginx = NginxServer(tmp, f"""
+        nginx = NginxServer(
+            tmp,
+            f"""
     client_max_body_size 0;
     location / {{ root {files}; sendfile on; }}
     location = {UPLOAD} {{ return 201; }}
-""")
+""",
+        )
         stack.enter_context(nginx)
         upstreams = {"packages": nginx.url}
         unlimited = {"limits": {"failed_auth_per_minute": 0}}  # the denied scenario is a flood on purpose
 
         if args.instructions_only:
-            return instructions_only(tmp, stack, redis.url, nginx.url, upstreams, unlimited, args.instructions_only)
+            return instructions_only(
+                tmp, stack, redis.url, nginx.url, upstreams, unlimited, args.instructions_only
+            )
 
         bare_port = start_proxy(tmp, stack, "bare_proxy.py", nginx.url)
         naive_port = start_proxy(tmp, stack, "naive_proxy.py", nginx.url)
         # nginx proxy_pass with upstream keepalive: the C proxy for small requests
-        nginx_proxy = stack.enter_context(NginxServer(tmp / "nproxy", """
+        nginx_proxy = stack.enter_context(
+            NginxServer(
+                tmp / "nproxy",
+                """
     location / { proxy_pass http://files; proxy_http_version 1.1; proxy_set_header Connection ""; }
-""", http_extra=f"upstream files {{ server 127.0.0.1:{nginx.port}; keepalive 32; }}"))
+""",
+                http_extra=f"upstream files {{ server 127.0.0.1:{nginx.port}; keepalive 32; }}",
+            )
+        )
 
         (tmp / "gw").mkdir()
-        gw = stack.enter_context(JobgateProcess(tmp / "gw", redis.url, upstreams, **unlimited))
+        # the forward-auth scenario asks this gateway's /-/auth from nginx (on only when configured)
+        gw = stack.enter_context(JobgateProcess(tmp / "gw", redis.url, upstreams, forward_auth={"proxy": "nginx"},
+                                                **unlimited))  # fmt: skip
         (tmp / "cold").mkdir()
-        cold = stack.enter_context(JobgateProcess(tmp / "cold", redis.url, upstreams, cache={"ttl": 0}, **unlimited))
+        cold = stack.enter_context(
+            JobgateProcess(tmp / "cold", redis.url, upstreams, cache={"ttl": 0}, **unlimited)
+        )
         (tmp / "w2").mkdir()
         two = stack.enter_context(JobgateProcess(tmp / "w2", redis.url, upstreams, workers=2, **unlimited))
         # forward-auth: nginx asks jobgate, then proxies like `nginx_proxy` (same upstream keepalive)
-        fa = stack.enter_context(NginxServer(tmp / "fa", """
+        fa = stack.enter_context(
+            NginxServer(
+                tmp / "fa",
+                """
     location / { auth_request /-/auth-probe;
-      proxy_pass http://files; proxy_http_version 1.1; proxy_set_header Connection ""; }
+      auth_request_set $jobgate_uri $upstream_http_x_jobgate_forward_uri;
+      auth_request_set $jobgate_job $upstream_http_x_jobgate_job_id;
+      proxy_set_header X-Jobgate-Job-Id $jobgate_job; proxy_set_header JOB-TOKEN "";
+      proxy_set_header Authorization "";
+      proxy_pass http://files$jobgate_uri; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location = /-/auth-probe { internal; proxy_pass http://jobgate/-/auth;
       proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_pass_request_body off; proxy_set_header Content-Length "";
       proxy_set_header X-Original-URI $request_uri; proxy_set_header X-Original-Method $request_method; }
-""", http_extra=f"upstream files {{ server 127.0.0.1:{nginx.port}; keepalive 32; }}\n"
-                f"upstream jobgate {{ server 127.0.0.1:{gw.port}; keepalive 32; }}"))
+""",
+                http_extra=f"upstream files {{ server 127.0.0.1:{nginx.port}; keepalive 32; }}\n"
+                f"upstream jobgate {{ server 127.0.0.1:{gw.port}; keepalive 32; }}",
+            )
+        )
 
         gw.admin("project", "set", "1", "--path", "bench/app", "--visibility", "private")
         gw.admin("member", "set", "1", "7", "30")
@@ -405,11 +453,16 @@ def main() -> int:
             base_rss = gw.rss_kib()
             # a C proxy for scale: nginx proxy_pass with no authentication, buffering in
             # memory only (its fastest setting here; unbuffered it reaches ~0.15-0.5x)
-            relay = stack.enter_context(NginxServer(tmp / "relay", f"""
+            relay = stack.enter_context(
+                NginxServer(
+                    tmp / "relay",
+                    f"""
     client_max_body_size 0;
     location / {{ proxy_pass {nginx.url}; proxy_buffer_size 256k; proxy_buffers 8 256k;
       proxy_busy_buffers_size 512k; proxy_max_temp_file_size 0; }}
-"""))
+""",
+                )
+            )
             transfer(nginx.url + BIG, {}, upload=False)  # warm the page cache first
             runs: dict[str, tuple[str, dict[str, str], bool]] = {  # url, headers, upload
                 "download_direct": (nginx.url + BIG, {}, False),
@@ -423,9 +476,12 @@ def main() -> int:
                 for name, (url, headers, upload) in runs.items():
                     speeds[name].append(transfer(url, headers, upload))
             large = {f"{name}_MBps": round(statistics.median(v)) for name, v in speeds.items()}
+
             # like the small requests: each ratio against direct of the same round, then the median
             def ratio(name: str, base: str) -> float:
-                return round(statistics.median(a / b for a, b in zip(speeds[name], speeds[base], strict=True)), 3)
+                return round(
+                    statistics.median(a / b for a, b in zip(speeds[name], speeds[base], strict=True)), 3
+                )
 
             large["download_ratio"] = ratio("download_jobgate", "download_direct")
             large["download_ratio_nginx_proxy"] = ratio("download_nginx_proxy", "download_direct")
@@ -453,7 +509,11 @@ async def _scale(jobs: int) -> dict[str, Any]:
         return await state_scale(redis.url, jobs)
 
 
-WARM, COLD, TWO = "jobgate (cache warm)", "jobgate (no cache: a Redis read per request)", "jobgate --workers 2 (cache warm)"
+WARM, COLD, TWO = (
+    "jobgate (cache warm)",
+    "jobgate (no cache: a Redis read per request)",
+    "jobgate --workers 2 (cache warm)",
+)
 NAIVE, NGINX_PROXY = "naive aiohttp proxy", "nginx proxy_pass (upstream keepalive)"
 FORWARD_AUTH = "nginx auth_request -> jobgate, nginx proxy_pass"
 
@@ -471,50 +531,92 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     warm, cold, naive = scenarios.get(WARM), scenarios.get(COLD), scenarios.get(NAIVE)
     ratios = results.get("ratios", {})
     vs_naive = ratios.get(f"{WARM} / {NAIVE}")
-    check("valid token, cache warm: req/s >= 1.0 x the naive aiohttp proxy (wrk -c16)",
-          vs_naive and f"{vs_naive:.2f} (bare proxy / naive: {ratios[f'bare proxy / {NAIVE}']:.2f})",
-          vs_naive is not None and vs_naive >= 1.0)
+    check(
+        "valid token, cache warm: req/s >= 1.0 x the naive aiohttp proxy (wrk -c16)",
+        vs_naive and f"{vs_naive:.2f} (bare proxy / naive: {ratios[f'bare proxy / {NAIVE}']:.2f})",
+        vs_naive is not None and vs_naive >= 1.0,
+    )
     instructions = results.get("instructions")
-    check("valid token, cache warm: instructions per request <= the naive proxy's (callgrind)",
-          instructions and f"{instructions['jobgate (cache warm)']['instructions_per_request'] / 1000:.0f}k vs "
-          f"{instructions[NAIVE_NAME]['instructions_per_request'] / 1000:.0f}k",
-          bool(instructions) and instructions["ratio_naive_to_jobgate"] >= 1.0)
-    check("p99 at 16 connections <= the naive proxy's p99 + 1 ms",
-          warm and naive and f"{warm['p99']} µs vs {naive['p99']} µs",
-          bool(warm and naive) and warm["p99"] <= naive["p99"] + 1000)
+    check(
+        "valid token, cache warm: instructions per request <= the naive proxy's (callgrind)",
+        instructions
+        and f"{instructions['jobgate (cache warm)']['instructions_per_request'] / 1000:.0f}k vs "
+        f"{instructions[NAIVE_NAME]['instructions_per_request'] / 1000:.0f}k",
+        bool(instructions) and instructions["ratio_naive_to_jobgate"] >= 1.0,
+    )
+    check(
+        "p99 at 16 connections <= the naive proxy's p99 + 1 ms",
+        warm and naive and f"{warm['p99']} µs vs {naive['p99']} µs",
+        bool(warm and naive) and warm["p99"] <= naive["p99"] + 1000,
+    )
     for pair in (f"{FORWARD_AUTH} / {NGINX_PROXY}", f"{FORWARD_AUTH} / {WARM}"):
         if pair in ratios:
-            rows.append({"target": f"forward-auth: {pair} (reported)", "measured": f"{ratios[pair]:.2f}",
-                         "verdict": "reported"})
-    check("valid token >= 0.85 x bare proxy (wrk, same worker count; issue 5)",
-          warm and f"{warm['ratio_to_bare']:.2f} (rounds {warm['ratio_per_round']})",
-          bool(warm) and warm["ratio_to_bare"] >= 0.85)
+            rows.append(
+                {
+                    "target": f"forward-auth: {pair} (reported)",
+                    "measured": f"{ratios[pair]:.2f}",
+                    "verdict": "reported",
+                }
+            )
+    check(
+        "valid token >= 0.85 x bare proxy (wrk, same worker count; issue 5)",
+        warm and f"{warm['ratio_to_bare']:.2f} (rounds {warm['ratio_per_round']})",
+        bool(warm) and warm["ratio_to_bare"] >= 0.85,
+    )
     added = results.get("added_latency_us")
-    check("p99 added <= 1 ms (one connection)", added and f"+{added['p99']} µs", bool(added) and added["p99"] <= 1000)
-    check("<= 1 Redis round trip per request on a miss, none warm",
-          cold and warm and f"{cold['redis_reads_per_request']:.3f} / {warm['redis_reads_per_request']:.3f}",
-          bool(cold and warm) and cold["redis_reads_per_request"] <= 1.01 and warm["redis_reads_per_request"] <= 0.01)
+    check(
+        "p99 added <= 1 ms (one connection)",
+        added and f"+{added['p99']} µs",
+        bool(added) and added["p99"] <= 1000,
+    )
+    check(
+        "<= 1 Redis round trip per request on a miss, none warm",
+        cold and warm and f"{cold['redis_reads_per_request']:.3f} / {warm['redis_reads_per_request']:.3f}",
+        bool(cold and warm)
+        and cold["redis_reads_per_request"] <= 1.01
+        and warm["redis_reads_per_request"] <= 0.01,
+    )
     revocation = results.get("revocation")
     slowest = max(revocation["first_404_ms"]) if revocation else 0.0
-    check("revocation < 50 ms on every gateway",
-          revocation and f"{slowest} ms (first 404 on each of {revocation['gateways']})", slowest < 50)
+    check(
+        "revocation < 50 ms on every gateway",
+        revocation and f"{slowest} ms (first 404 on each of {revocation['gateways']})",
+        slowest < 50,
+    )
     large = results.get("streaming_1GiB")
-    check("1 GiB download >= 0.7 x direct", large and f"{large['download_ratio']:.2f} "
-          f"(nginx proxy_pass: {large['download_ratio_nginx_proxy']:.2f})",
-          bool(large) and large["download_ratio"] >= 0.7)
-    check("RSS growth < 64 MiB over 1 GiB each way", large and f"{large['jobgate_rss_growth_MiB']} MiB",
-          bool(large) and large["jobgate_rss_growth_MiB"] < 64)
+    check(
+        "1 GiB download >= 0.7 x direct",
+        large
+        and f"{large['download_ratio']:.2f} (nginx proxy_pass: {large['download_ratio_nginx_proxy']:.2f})",
+        bool(large) and large["download_ratio"] >= 0.7,
+    )
+    check(
+        "RSS growth < 64 MiB over 1 GiB each way",
+        large and f"{large['jobgate_rss_growth_MiB']} MiB",
+        bool(large) and large["jobgate_rss_growth_MiB"] < 64,
+    )
     scale = results.get("state_scale")
-    check("<= 300 bytes per job at 1,000,000 jobs", scale and f"{scale['bytes_per_job']} bytes",
-          bool(scale) and scale["bytes_per_job"] <= 300)
+    check(
+        "<= 300 bytes per job at 1,000,000 jobs",
+        scale and f"{scale['bytes_per_job']} bytes",
+        bool(scale) and scale["bytes_per_job"] <= 300,
+    )
     if scale:
         many = next(v for k, v in scale.items() if k.startswith("read_us_") and k != "read_us_1k_jobs")
-        check("decision latency unchanged from 1,000 jobs (within 25 %)",
-              f"{scale['read_us_1k_jobs']} -> {many} µs", many <= 1.25 * scale["read_us_1k_jobs"])
+        check(
+            "decision latency unchanged from 1,000 jobs (within 25 %)",
+            f"{scale['read_us_1k_jobs']} -> {many} µs",
+            many <= 1.25 * scale["read_us_1k_jobs"],
+        )
     two = scenarios.get(TWO)
     if two and warm:
-        rows.append({"target": "--workers 2 vs --workers 1 (reported)",
-                     "measured": f"{two['rps'] / warm['rps']:.2f}x", "verdict": "reported"})
+        rows.append(
+            {
+                "target": "--workers 2 vs --workers 1 (reported)",
+                "measured": f"{two['rps'] / warm['rps']:.2f}x",
+                "verdict": "reported",
+            }
+        )
     return rows
 
 
@@ -524,7 +626,14 @@ def report(results: dict[str, Any]) -> None:
     for name, run in results["scenarios"].items():
         print(f"{name:48} {run['rps']:9.0f} {run['ratio_to_bare']:6.2f} {run['p50']:8d} {run['p99']:8d} "
               f"{run['p999']:9d} {run['redis_reads_per_request']:9.3f}")  # fmt: skip
-    for section in ("ratios", "added_latency_us", "instructions", "streaming_1GiB", "revocation", "state_scale"):
+    for section in (
+        "ratios",
+        "added_latency_us",
+        "instructions",
+        "streaming_1GiB",
+        "revocation",
+        "state_scale",
+    ):
         if section in results:
             print(f"\n{section}: {json.dumps(results[section])}")
     print(f"\n{'target':64} {'verdict':>12}  measured")

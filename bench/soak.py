@@ -78,9 +78,13 @@ def main() -> int:
     problems: list[str] = []
     samples: list[dict[str, int]] = []
     jobs = Jobs()
-    with RedisProcess() as redis, BulkUpstream(tmp) as bulk, JobgateProcess(
-        tmp, redis.url, {"packages": bulk.url}, workers=2, limits={"failed_auth_per_minute": 0}
-    ) as gw:
+    with (
+        RedisProcess() as redis,
+        BulkUpstream(tmp) as bulk,
+        JobgateProcess(
+            tmp, redis.url, {"packages": bulk.url}, workers=2, limits={"failed_auth_per_minute": 0}
+        ) as gw,
+    ):
         api = f"http://127.0.0.1:{gw.admin_port}/admin/v1"
         auth = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
         call(f"{api}/projects/1", "PUT", auth, b'{"path": "soak/app", "visibility": "private"}')
@@ -92,7 +96,9 @@ def main() -> int:
         def start_job() -> None:
             next_id[0] += 1
             job_id = next_id[0]
-            code, body = call(f"{api}/jobs", "POST", auth, json.dumps({"id": job_id, "project": 1, "user": 7}).encode())
+            code, body = call(
+                f"{api}/jobs", "POST", auth, json.dumps({"id": job_id, "project": 1, "user": 7}).encode()
+            )
             if code != 201:
                 problems.append(f"job start answered {code}")
                 return

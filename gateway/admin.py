@@ -349,10 +349,18 @@ def add_where_options(parser: argparse.ArgumentParser, after_verb: bool = False)
     given before the verb alone unless given again."""
     where = parser.add_mutually_exclusive_group()
     default: Any = argparse.SUPPRESS if after_verb else None
-    where.add_argument("--config", default=default, metavar="F",
-                       help="read Redis settings (and scope switches) from this config file")
-    where.add_argument("--redis-url", default=default, metavar="URL",
-                       help=f"Redis URL (default: the config's, else the private one, {PRIVATE_REDIS_URL})")
+    where.add_argument(
+        "--config",
+        default=default,
+        metavar="F",
+        help="read Redis settings (and scope switches) from this config file",
+    )
+    where.add_argument(
+        "--redis-url",
+        default=default,
+        metavar="URL",
+        help=f"Redis URL (default: the config's, else the private one, {PRIVATE_REDIS_URL})",
+    )
 
 
 def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -388,16 +396,37 @@ def add_admin_parser(sub: Any) -> None:
     pset.add_argument("id", type=_cli_id, help="the project id")
     pset.add_argument("--path", metavar="GROUP/SUB/NAME", help="the project's full path")
     pset.add_argument("--visibility", choices=VISIBILITIES, help="private, internal or public")
-    pset.add_argument("--scope", type=_onoff, metavar=onoff,
-                      help="outbound limit (\"Limit CI_JOB_TOKEN access\"); a new project: off")
-    pset.add_argument("--inbound", type=_onoff, metavar=onoff,
-                      help="inbound limit (only allowlisted projects' job tokens); a new project: on")
-    pset.add_argument("--pending-delete", type=_onoff, metavar=onoff,
-                      help="being deleted: every job token is refused; a new project: off")
-    pset.add_argument("--push-repository", type=_onoff, metavar=onoff,
-                      help="git push with a job token (developer, own project only); a new project: off")
-    pset.add_argument("--feature", action="append", default=[], metavar="NAME=LEVEL",
-                      help="a feature's visibility: enabled|private|disabled (repeatable; default enabled)")
+    pset.add_argument(
+        "--scope",
+        type=_onoff,
+        metavar=onoff,
+        help='outbound limit ("Limit CI_JOB_TOKEN access"); a new project: off',
+    )
+    pset.add_argument(
+        "--inbound",
+        type=_onoff,
+        metavar=onoff,
+        help="inbound limit (only allowlisted projects' job tokens); a new project: on",
+    )
+    pset.add_argument(
+        "--pending-delete",
+        type=_onoff,
+        metavar=onoff,
+        help="being deleted: every job token is refused; a new project: off",
+    )
+    pset.add_argument(
+        "--push-repository",
+        type=_onoff,
+        metavar=onoff,
+        help="git push with a job token (developer, own project only); a new project: off",
+    )
+    pset.add_argument(
+        "--feature",
+        action="append",
+        default=[],
+        metavar="NAME=LEVEL",
+        help="a feature's visibility: enabled|private|disabled (repeatable; default enabled)",
+    )
 
     member = nouns.add_parser("member", help="members and their access levels")
     mset = member.add_subparsers(dest="verb", required=True, metavar="VERB").add_parser(
@@ -440,9 +469,13 @@ def add_admin_parser(sub: Any) -> None:
     start.add_argument("--ref", default="", help="the branch or tag (default: empty)")
     start.add_argument("--timeout", type=_cli_seconds, default=3600.0, metavar="SECONDS",
                        help="the token expires this many seconds after start (default: 3600)")  # fmt: skip
-    for option, meaning in (("--stage", "the stage"), ("--sha", "the commit SHA"),
-                            ("--pipeline-source", "what started the pipeline (push, schedule, ...)"),
-                            ("--username", "the user's username"), ("--user-name", "the user's full name")):
+    for option, meaning in (
+        ("--stage", "the stage"),
+        ("--sha", "the commit SHA"),
+        ("--pipeline-source", "what started the pipeline (push, schedule, ...)"),
+        ("--username", "the user's username"),
+        ("--user-name", "the user's full name"),
+    ):
         start.add_argument(option, default="", help=f"{meaning} (default: none)")
     start.add_argument("--pipeline-iid", type=_cli_id, help="the pipeline number in its project")
     start.add_argument("--tag", action="store_true", help="the ref is a tag")

@@ -34,6 +34,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 log = logging.getLogger("jobgate")
 Handler = Callable[[web.Request, RequestLog, Gateway], Awaitable[web.StreamResponse]]
 
+
 def observed(handler: Handler, gateway: Gateway) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Wrap a gateway handler: request id, in-flight gauge, metrics, one access-log line."""
     metrics = gateway.metrics

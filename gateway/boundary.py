@@ -121,4 +121,3 @@ def refuse_token_elsewhere(
         for text in body.strings:
             if _carries(text, token):
                 raise Refused(Reason.TOKEN_OUTSIDE_PLACES, "the token appears in another body field")
-

@@ -196,6 +196,7 @@ class Config:
         if upstream is None and name in FALLBACK_UPSTREAMS:
             return self.upstreams.get("api")
         return upstream
+
     #: The proxy kind that calls `/-/auth` (None: forward-auth is off, `/-/auth` is a 404).
     forward_auth_proxy: str | None = None
     #: Peers whose Forwarded / X-Forwarded-* / X-Real-IP headers are believed (default none).
@@ -338,8 +339,9 @@ class _Reader:
                 return None
         database = parts.path.strip("/")
         if parts.scheme in ("redis", "rediss") and database and not database.isdigit():
-            self.problem(key, f"expected a database number after the host (redis://host:port/0), "
-                         f"got {text!r}")
+            self.problem(
+                key, f"expected a database number after the host (redis://host:port/0), got {text!r}"
+            )
             return None
         return text
 
@@ -352,13 +354,34 @@ class _Reader:
 
 
 _TOP = {
-    "listen", "admin_listen", "metrics_listen", "redis", "upstreams", "scope",
-    "admin_token", "explain", "tls", "limits", "public_url", "registry", "cache", "admin_public",
-    "web_url", "forward_auth", "trusted_proxies",
+    "listen",
+    "admin_listen",
+    "metrics_listen",
+    "redis",
+    "upstreams",
+    "scope",
+    "admin_token",
+    "explain",
+    "tls",
+    "limits",
+    "public_url",
+    "registry",
+    "cache",
+    "admin_public",
+    "web_url",
+    "forward_auth",
+    "trusted_proxies",
 }
 _UPSTREAM = {
-    "url", "connect_timeout", "read_timeout", "tls_verify", "ca_file", "pass_token",
-    "preserve_host", "headers", "path_rewrite",
+    "url",
+    "connect_timeout",
+    "read_timeout",
+    "tls_verify",
+    "ca_file",
+    "pass_token",
+    "preserve_host",
+    "headers",
+    "path_rewrite",
 }
 
 
@@ -399,9 +422,7 @@ def _upstream(r: _Reader, name: str, data: Any) -> UpstreamConfig | None:
     )
 
 
-def parse_config(
-    data: Any, source: str = "<config>", env: Mapping[str, str] | None = None
-) -> Config:
+def parse_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
     """Validate parsed YAML into a Config, or raise ConfigError listing every problem."""
     r = _Reader(source, os.environ if env is None else env)
     top = r.section(data if data is not None else {}, "", _TOP)
@@ -437,8 +458,11 @@ def parse_config(
         top.get("registry"), "registry", {"signing_key_file", "token_ttl", "token_secret", "anonymous_pull"}
     )
     if "token_secret" in gd:
-        r.problem("registry.token_secret", "removed: registry tokens are RS256, signed with the key in "
-                  "registry.signing_key_file (`jobgate serve` creates it when missing; docs/operations.md)")
+        r.problem(
+            "registry.token_secret",
+            "removed: registry tokens are RS256, signed with the key in "
+            "registry.signing_key_file (`jobgate serve` creates it when missing; docs/operations.md)",
+        )
     registry = RegistryConfig(
         signing_key_file=r.get(gd, "registry", "signing_key_file", r.string, "")
         or default_signing_key_file(r.env),
@@ -467,9 +491,7 @@ def parse_config(
         "max_token_length", "max_form_body", "failed_auth_per_minute", "idle_timeout", "body_idle_timeout",
     }  # fmt: skip
     ld = r.section(top.get("limits"), "limits", limits)
-    admin_token = r.get(top, "", "admin_token", r.string, None) or r.env.get(
-        "JOBGATE_ADMIN_TOKEN"
-    )
+    admin_token = r.get(top, "", "admin_token", r.string, None) or r.env.get("JOBGATE_ADMIN_TOKEN")
     admin_listen = r.get(top, "", "admin_listen", r.address, None)
     if admin_listen and not admin_token:
         r.problem("admin_token", "required when admin_listen is set (or set JOBGATE_ADMIN_TOKEN)")

@@ -83,8 +83,11 @@ async def _explain(store: Store, args: argparse.Namespace, scope: ScopeConfig) -
         refuse_method_override(method, CIMultiDict(), pairs)
         refuse_duplicates(matched, pairs)
     except Refused as exc:
-        return 2, f"request   {method} {parts.path}\nroute     {matched.route.name}\n" \
-                  f"decision  REFUSED {exc.status} ({exc.reason.value}: {exc.detail})"
+        return (
+            2,
+            f"request   {method} {parts.path}\nroute     {matched.route.name}\n"
+            f"decision  REFUSED {exc.status} ({exc.reason.value}: {exc.detail})",
+        )
     if args.job is not None:
         locator = await store.job_credential_key(args.job)
         if locator is None:

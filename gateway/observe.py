@@ -117,8 +117,11 @@ def _mask_encoded(text: str, tokens: list[str]) -> str:
     if "=" in text:  # `%6Aob_token=value`: a secret parameter under an encoded name
         text = re.sub(
             r"(^|[?&;])([^&;=#?/]*)=([^&;#]*)",
-            lambda m: m.group(0) if unquote_plus(m.group(2)).lower() not in _SECRET_NAMES
-            else f"{m.group(1)}{m.group(2)}={MASK}",
+            lambda m: (
+                m.group(0)
+                if unquote_plus(m.group(2)).lower() not in _SECRET_NAMES
+                else f"{m.group(1)}{m.group(2)}={MASK}"
+            ),
             text,
         )
     return text

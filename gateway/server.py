@@ -178,8 +178,13 @@ async def serve(config: Config, config_path: str, *, gateway: bool = True, contr
     if gateway:
         app = build_gateway(config)
         runners.append(
-            await _start(app, config.listen, config.idle_timeout, ssl_context=_tls_context(config),
-                         reuse_port=reuse_port or None)
+            await _start(
+                app,
+                config.listen,
+                config.idle_timeout,
+                ssl_context=_tls_context(config),
+                reuse_port=reuse_port or None,
+            )
         )
         store = app[GATEWAY].store
         registry = app[GATEWAY].metrics.registry

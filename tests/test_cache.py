@@ -177,6 +177,8 @@ async def test_a_group_rename_reaches_cached_decisions(
     assert (await client.get(LIB, headers=headers)).status == 200
     await world.store.set_group(10, "renamed")  # project 1 stays at group/app: no longer covered
     assert (await client.get(LIB, headers=headers)).status == 404
+
+
 async def test_a_project_at_a_longer_path_drops_cached_path_resolutions(
     world: World, upstream: RecordingUpstream, aiohttp_client: Any, redis_server: Any
 ) -> None:

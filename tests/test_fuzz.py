@@ -41,8 +41,9 @@ header_values = st.one_of(text, st.sampled_from(["Basic Z2l0bGFiLWNpLXRva2VuOmE=
 @given(
     headers=st.lists(st.tuples(header_names, header_values), max_size=4),
     query=st.lists(st.tuples(st.sampled_from(["job_token", "token", "x"]), text), max_size=4),
-    form=st.one_of(st.none(), st.dictionaries(st.sampled_from(["job_token", "token"]),
-                                              st.lists(text, max_size=2))),
+    form=st.one_of(
+        st.none(), st.dictionaries(st.sampled_from(["job_token", "token"]), st.lists(text, max_size=2))
+    ),
     bearer=st.booleans(),
 )
 def test_credential_extraction(headers: list[tuple[str, str]], query: list[tuple[str, str]],

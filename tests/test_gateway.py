@@ -449,9 +449,12 @@ async def test_every_denial_is_the_same_404(
     resp = await gateway.request(method, path, headers={"JOB-TOKEN": world.tokens["100"]})
     await assert_denied(resp, upstream)
     metrics = gateway.app[GATEWAY].metrics
-    assert metrics.registry.get_sample_value(
-        "jobgate_auth_decisions_total", {"result": "deny", "reason": reason}
-    ) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "jobgate_auth_decisions_total", {"result": "deny", "reason": reason}
+        )
+        == 1
+    )
 
 
 async def test_cross_project_access_in_scope_is_forwarded(

@@ -86,8 +86,12 @@ async def test_finished_requests_are_counted_and_logged_within_the_fold_period()
     lines = [json.loads(line) for line in _drain(read).splitlines()]
     assert [line["duration_ms"] for line in lines] == [10.0, 20.0]
     metrics.finish(finished(0.01))
-    assert metrics.registry.get_sample_value(
-        "jobgate_requests_total", {"route": "packages_read", "method": "GET", "code": "200"}) == 3
+    assert (
+        metrics.registry.get_sample_value(
+            "jobgate_requests_total", {"route": "packages_read", "method": "GET", "code": "200"}
+        )
+        == 3
+    )
     assert len(_drain(read).splitlines()) == 1  # a scrape logs what it counted
     os.close(read)
     os.close(write)

@@ -106,8 +106,11 @@ async def test_an_override_naming_the_same_method_passes(
         (PKG, [("Content-Type", "application/x-www-form-urlencoded")], b"job_token=B"),
         (PKG, [("JOB_TOKEN", "B")], b""),
         (PKG, [("Authorization", "Basic\t" + basic("gitlab-ci-token", "B")[6:])], b""),
-        (RELEASES, [("Content-Type", "multipart/form-data; boundary=zz")],
-         b'--zz\r\nContent-Disposition: form-data; name="job_token"\r\n\r\nB\r\n--zz--\r\n'),
+        (
+            RELEASES,
+            [("Content-Type", "multipart/form-data; boundary=zz")],
+            b'--zz\r\nContent-Disposition: form-data; name="job_token"\r\n\r\nB\r\n--zz--\r\n',
+        ),
     ],
 )
 async def test_a_second_different_token_anywhere_is_refused(
@@ -327,7 +330,7 @@ def test_client_address_is_the_rightmost_untrusted_entry() -> None:
     headers = CIMultiDict([("X-Forwarded-For", "1.1.1.1, 2.2.2.2"), ("X-Forwarded-For", "10.0.0.3")])
     assert client_address("10.0.0.1", headers, trusted) == "2.2.2.2"
     assert client_address("192.0.2.1", headers, trusted) == "192.0.2.1"  # an untrusted peer's own
-    assert client_address("10.0.0.1", CIMultiDict([("X-Forwarded-For", "x\"y")]), trusted) == "10.0.0.1"
+    assert client_address("10.0.0.1", CIMultiDict([("X-Forwarded-For", 'x"y')]), trusted) == "10.0.0.1"
 
 
 # --- rule 7: the registry ------------------------------------------------------------------
@@ -403,12 +406,21 @@ MULTIPART = "multipart/form-data; boundary=x"
         ("multipart/form-data", b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n1\r\n--x--\r\n"),
         (MULTIPART, b"--x\r\nContent-Disposition: form-data; name=a\r\n\r\n1"),
         (MULTIPART, b"--x\r\nContent-Disposition: form-data\r\n\r\n1\r\n--x--\r\n"),
-        (MULTIPART, b"--x\r\nContent-Type: multipart/mixed; boundary=y\r\nContent-Disposition: form-data; "
-                    b"name=a\r\n\r\n--y\r\n\r\nq\r\n--y--\r\n--x--\r\n"),
-        (MULTIPART, b"--x\r\nContent-Disposition: form-data; name=a\r\nContent-Type: text/plain; "
-                    b"charset=nonexist\r\n\r\n1\r\n--x--\r\n"),
-        (MULTIPART, b"--x\r\nContent-Disposition: form-data; name=a\r\nContent-Transfer-Encoding: bogus"
-                    b"\r\n\r\n1\r\n--x--\r\n"),
+        (
+            MULTIPART,
+            b"--x\r\nContent-Type: multipart/mixed; boundary=y\r\nContent-Disposition: form-data; "
+            b"name=a\r\n\r\n--y\r\n\r\nq\r\n--y--\r\n--x--\r\n",
+        ),
+        (
+            MULTIPART,
+            b"--x\r\nContent-Disposition: form-data; name=a\r\nContent-Type: text/plain; "
+            b"charset=nonexist\r\n\r\n1\r\n--x--\r\n",
+        ),
+        (
+            MULTIPART,
+            b"--x\r\nContent-Disposition: form-data; name=a\r\nContent-Transfer-Encoding: bogus"
+            b"\r\n\r\n1\r\n--x--\r\n",
+        ),
         ("application/x-www-form-urlencoded; charset=bogus", b"a=1"),
         ("application/x-www-form-urlencoded", b"a=\xff"),
     ],

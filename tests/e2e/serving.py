@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +39,27 @@ def wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: fl
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"{url} never answered:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+@contextlib.contextmanager
+def static_files(tmp_path: Path, files: dict[str, str]) -> Iterator[str]:
+    """`python -m http.server` serving `files` (path -> text) on a free port: its base URL."""
+    root = tmp_path / "static-files"
+    for path, text in files.items():
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (root / path.lstrip("/")).write_text(text)
+    port, log = free_port(), tmp_path / "http.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", process, log)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait()
 
 
 class JobgateProcess:

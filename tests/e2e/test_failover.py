@@ -139,6 +139,7 @@ def test_a_frozen_gateway_holds_a_revocation_for_at_most_its_lease(tmp_path: Pat
         tokens = setup_world(admin, range(200, 204))
         for token in tokens.values():
             assert call(gw.url + PKG, headers={"JOB-TOKEN": token})[0] == 200  # warm
+
         def cli_finish(job: int) -> float:
             """`job finish` as the CLI runs it (its own process, not the frozen one), timed
             from the write to its return, without the interpreter's start-up."""
@@ -168,8 +169,10 @@ def test_a_frozen_gateway_holds_a_revocation_for_at_most_its_lease(tmp_path: Pat
         while call(gw.url + PKG, headers={"JOB-TOKEN": tokens[202]})[0] != 200:
             assert time.monotonic() < deadline, "the woken gateway never recovered"
             time.sleep(0.05)
-        print(f"finish with a healthy holder {fast * 1000:.0f} ms, with a frozen one "
-              f"{frozen * 1000:.0f} ms, recovered {time.monotonic() - finished_at:.2f} s after")
+        print(
+            f"finish with a healthy holder {fast * 1000:.0f} ms, with a frozen one "
+            f"{frozen * 1000:.0f} ms, recovered {time.monotonic() - finished_at:.2f} s after"
+        )
 
 
 def sentinel_binary() -> list[str]:

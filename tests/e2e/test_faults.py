@@ -264,8 +264,13 @@ def test_redis_paused_with_a_warm_cache_stops_allowing_within_the_timeout(
     timeout = 0.5
     with (
         BulkUpstream(tmp_path) as bulk,
-        JobgateProcess(tmp_path, own_redis.url, {"packages": bulk.url}, workers=2,
-                       redis={"url": own_redis.url, "timeout": timeout}) as gw,  # fmt: skip
+        JobgateProcess(
+            tmp_path,
+            own_redis.url,
+            {"packages": bulk.url},
+            workers=2,
+            redis={"url": own_redis.url, "timeout": timeout},
+        ) as gw,  # fmt: skip
     ):
         token = register(gw)
         url, auth = gw.url + PKG + "?size=10", {"JOB-TOKEN": token}

@@ -19,8 +19,6 @@ GIT_404 = (
 )
 
 
-
-
 @pytest.fixture
 def setup(tmp_path: Path, redis_server: RedisProcess, store: Store) -> Iterator[tuple[JobgateProcess, str]]:
     with GitHttpServer(tmp_path) as server:

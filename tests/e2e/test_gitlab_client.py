@@ -4,8 +4,6 @@ job token scope REST API; after every change a real job-token request shows it i
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,10 +12,10 @@ from pathlib import Path
 import gitlab
 import pytest
 
-from gateway.devredis import RedisProcess, free_port
+from gateway.devredis import RedisProcess
 from gateway.store import Store
 
-from .serving import JobgateProcess, wait_http
+from .serving import JobgateProcess, static_files
 
 FILE = "/api/v4/projects/2/packages/generic/tool/1.0/tool.bin"
 
@@ -25,19 +23,8 @@ FILE = "/api/v4/projects/2/packages/generic/tool/1.0/tool.bin"
 @pytest.fixture
 def packages(tmp_path: Path) -> Iterator[str]:
     """A static package server holding project 2's generic package."""
-    root = tmp_path / "pkgs"
-    (root / FILE.lstrip("/")).parent.mkdir(parents=True)
-    (root / FILE.lstrip("/")).write_text("project 2's tool\n")
-    port, log = free_port(), tmp_path / "http.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    wait_http(f"http://127.0.0.1:{port}/", process, log)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait()
+    with static_files(tmp_path, {FILE: "project 2's tool\n"}) as url:
+        yield url
 
 
 def admin_put(url: str, body: dict[str, str]) -> None:

@@ -26,8 +26,6 @@ from .serving import BulkUpstream, JobgateProcess
 PKG = "/api/v4/projects/1/packages/generic/tool/1/tool.bin"
 
 
-
-
 def register(gw: JobgateProcess) -> str:
     gw.admin("project", "set", "1", "--path", "ops/app", "--visibility", "private")
     gw.admin("project", "set", "2", "--path", "ops/other", "--visibility", "private")

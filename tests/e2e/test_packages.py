@@ -16,8 +16,6 @@ from .serving import JobgateProcess
 PYPI = "/api/v4/projects/1/packages/pypi"
 
 
-
-
 def pip_download(index: str, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "download", "--no-deps",
@@ -82,7 +80,7 @@ def test_npm_installs_through_jobgate_with_a_bearer_job_token(
                 "path_rewrite": {f"^{NPM}": "/"},
                 "preserve_host": True,  # verdaccio builds tarball URLs from Host + url_prefix
                 "headers": {"Authorization": f"Bearer {upstream_token}"},
-            }
+            },
         }
         with gw:
             gw.admin("project", "set", "1", "--path", "js/app", "--visibility", "private")

@@ -11,8 +11,6 @@ import json
 import math
 import re
 import signal
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -28,7 +26,7 @@ from gateway.devredis import RedisProcess, free_port
 
 from ..exported import exported_metrics
 from ..peers import ServerProcess, require
-from .serving import JobgateProcess, wait_http
+from .serving import JobgateProcess, static_files
 
 DEPLOY = Path(__file__).parent.parent.parent / "deploy"
 PACKAGE = "/api/v4/projects/1/packages/generic/tool/1.0/tool.bin"
@@ -114,20 +112,8 @@ def request(port: int, path: str, headers: dict[str, str] | None = None, source:
 
 @pytest.fixture
 def files_upstream(tmp_path: Path) -> Iterator[str]:
-    root = tmp_path / "pkgs"
-    (root / PACKAGE.lstrip("/")).parent.mkdir(parents=True)
-    (root / PACKAGE.lstrip("/")).write_text("hello from the package registry\n")
-    port = free_port()
-    log = tmp_path / "http.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    wait_http(f"http://127.0.0.1:{port}/", process, log)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait()
+    with static_files(tmp_path, {PACKAGE: "hello from the package registry\n"}) as url:
+        yield url
 
 
 def shipped_gateway(tmp_path: Path, redis: RedisProcess, packages: str, monkeypatch: Any) -> JobgateProcess:

@@ -29,9 +29,10 @@ def setup(
     # a layer over a MiB: its blob is relayed socket to socket (gateway/relay.py); skopeo checks its digest
     big = random.Random(7).randbytes(3 << 20)
     write_oci_layout(tmp_path / "image", "v1", {"hello.txt": b"hello from the image\n", "big.bin": big})
-    with RegistryServer(tmp_path) as registry, JobgateProcess.shipped(
-        tmp_path, redis_server.url, {"container_registry": registry.url}
-    ) as gw:
+    with (
+        RegistryServer(tmp_path) as registry,
+        JobgateProcess.shipped(tmp_path, redis_server.url, {"container_registry": registry.url}) as gw,
+    ):
         gw.admin("project", "set", "1", "--path", "group/app", "--visibility", "private")
         gw.admin("project", "set", "2", "--path", "other/private", "--visibility", "private")
         gw.admin("project", "set", "3", "--path", "team/shared", "--visibility", "private")
@@ -129,9 +130,10 @@ def test_twenty_pushes_and_pulls_through_the_shipped_config(
     # token minted by one worker was refused by the other, and 6 of 6 pushes failed.
     files = {"hello.txt": b"hello\n", "data.bin": random.randbytes(64 << 10)}
     write_oci_layout(tmp_path / "image", "v1", files)
-    with RegistryServer(tmp_path) as registry, JobgateProcess.shipped(
-        tmp_path, redis_server.url, {"container_registry": registry.url}
-    ) as gw:
+    with (
+        RegistryServer(tmp_path) as registry,
+        JobgateProcess.shipped(tmp_path, redis_server.url, {"container_registry": registry.url}) as gw,
+    ):
         assert "registry" not in gw.config and gw.workers is None
         gw.admin("project", "set", "21", "--path", "ship/app", "--visibility", "private")
         gw.admin("member", "set", "21", "7", "30")

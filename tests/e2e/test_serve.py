@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from gateway.devredis import RedisProcess, free_port
+from gateway.devredis import RedisProcess
 from gateway.store import Store
 
-from .serving import BulkUpstream, JobgateProcess, wait_http
+from .serving import BulkUpstream, JobgateProcess, static_files
 
 GiB = 1 << 30
 
@@ -24,26 +23,12 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, "-sS", *args], capture_output=True, text=True, timeout=120)
 
 
-
-
 @pytest.fixture
 def files_upstream(tmp_path: Path):  # type: ignore[no-untyped-def]
     """python -m http.server serving one generic package file, as in the README."""
-    root = tmp_path / "pkgs"
-    package = root / "api/v4/projects/1/packages/generic/tool/1.0"
-    package.mkdir(parents=True)
-    (package / "tool.bin").write_text("hello from the package registry\n")
-    port = free_port()
-    log = tmp_path / "http.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    wait_http(f"http://127.0.0.1:{port}/", process, log)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait()
+    with static_files(tmp_path, {"/api/v4/projects/1/packages/generic/tool/1.0/tool.bin":
+                                 "hello from the package registry\n"}) as url:  # fmt: skip
+        yield url
 
 
 def test_readme_worked_example(

@@ -29,8 +29,10 @@ LEEWAY = 60  # seconds docker-registry allows past `exp` for clock skew (distrib
 def registry_token(gw: JobgateProcess, token: str, scope: str) -> tuple[int, str]:
     """A registry token from jobgate's /jwt/auth for `scope` (status, token)."""
     query = urllib.parse.urlencode({"service": "container_registry", "scope": scope})
-    request = urllib.request.Request(f"{gw.url}/jwt/auth?{query}", headers={
-        "Authorization": "Basic " + base64.b64encode(f"gitlab-ci-token:{token}".encode()).decode()})
+    request = urllib.request.Request(
+        f"{gw.url}/jwt/auth?{query}",
+        headers={"Authorization": "Basic " + base64.b64encode(f"gitlab-ci-token:{token}".encode()).decode()},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, json.loads(resp.read())["token"]
@@ -40,9 +42,14 @@ def registry_token(gw: JobgateProcess, token: str, scope: str) -> tuple[int, str
 
 def manifest_status(registry: RegistryServer, repo: str, bearer: str) -> int:
     """GET a manifest straight from the registry with a registry token."""
-    request = urllib.request.Request(f"{registry.url}/v2/{repo}/manifests/v1", headers={
-        "Authorization": f"Bearer {bearer}", "Accept": "application/vnd.oci.image.manifest.v1+json, "
-        "application/vnd.docker.distribution.manifest.v2+json"})
+    request = urllib.request.Request(
+        f"{registry.url}/v2/{repo}/manifests/v1",
+        headers={
+            "Authorization": f"Bearer {bearer}",
+            "Accept": "application/vnd.oci.image.manifest.v1+json, "
+            "application/vnd.docker.distribution.manifest.v2+json",
+        },
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return int(resp.status)
