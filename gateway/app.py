@@ -116,6 +116,7 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
     app = web.Application(client_max_size=config.max_form_body)
     metrics = metrics or Metrics()
     cache = DecisionCache(config.cache.ttl, config.cache.max_entries, lookups=metrics.cache_lookups)
+    cache.on_lapse = metrics.lease_lapses.inc
     gateway = app[GATEWAY] = Gateway(
         runtime=Runtime(config),
         authorizer=Authorizer(cache, metrics),

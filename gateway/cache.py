@@ -102,6 +102,7 @@ class DecisionCache:
         self.lookups = lookups if lookups is not None else {"hit": 0, "miss": 0, "bypass": 0}
         self.available = False  # only while the invalidation subscription is up and caught up
         self.lease_until = 0.0  # on `clock`: the cache answers only before this
+        self.on_lapse: Callable[[], None] | None = None  # told when a lease lapses (a metric)
         self.stalled = False  # the channel stopped answering: every request is a 503
         self.generation = 0
         self._entries: dict[CacheKey, CacheEntry] = {}  # insertion order: oldest first
@@ -138,6 +139,8 @@ class DecisionCache:
 
     def lapse(self) -> None:
         """The lease ran out unanswered: allow nothing, remember nothing, until the channel is back."""
+        if not self.stalled and self.on_lapse is not None:  # counted once per stall
+            self.on_lapse()
         self.available = False
         self.stalled = True
         self.flush()

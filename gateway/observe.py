@@ -196,6 +196,12 @@ class Metrics:
             ["upstream", "kind"],
             registry=r,
         )
+        self.lease_lapses = Counter(
+            "jobgate_cache_lease_lapses_total",
+            "Times this process's decision-cache lease lapsed unanswered (its self-ping through its "
+            "own subscription failed): revoking writes then waited out the lease, not an acknowledgement.",
+            registry=r,
+        )
         self.cache = Counter(
             "jobgate_cache_lookups_total",
             "Decision-input cache lookups: hit, miss or bypass.",

@@ -16,7 +16,7 @@ PROMETHEUS = Path(__file__).parent.parent / "deploy" / "prometheus"
 RULES, RULE_TESTS = PROMETHEUS / "rules.yml", PROMETHEUS / "rules.test.yml"
 #: What the alerts must cover (docs/operations.md, Alerts).
 ALERTS = {"JobgateRedisUnreachable", "JobgateUpstreamErrors", "JobgateHigh5xxRatio", "JobgateDenialSpike",
-          "JobgateBruteForceLimited"}  # fmt: skip
+          "JobgateBruteForceLimited", "JobgateRevocationAcksFailing"}  # fmt: skip
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:

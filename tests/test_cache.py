@@ -209,8 +209,9 @@ def test_a_lapsed_lease_allows_nothing_until_the_channel_is_back() -> None:
     from gateway.model import AccessState, TargetRef, TokenKind
     from gateway.store import StoreUnavailable
 
-    now = [100.0]
+    now, lapses = [100.0], []
     cache = DecisionCache(ttl=5, clock=lambda: now[0])
+    cache.on_lapse = lambda: lapses.append(now[0])  # the app counts jobgate_cache_lease_lapses_total
     cache.available, cache.lease_until = True, 100.5
     key = ("t:" + "a" * 64, TargetRef(1))
     assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is not None
@@ -221,6 +222,7 @@ def test_a_lapsed_lease_allows_nothing_until_the_channel_is_back() -> None:
     assert len(cache) == 0 and cache.stalled and not cache.available
     with pytest.raises(StoreUnavailable):
         cache.entry(key)  # and stays so until the follower renews the lease
+    assert lapses == [100.5], "one lapse is counted once, however many requests meet it"
     assert cache.put(key, AccessState(kind=TokenKind.TRIGGER), cache.generation) is None
 
 
