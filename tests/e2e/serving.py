@@ -62,6 +62,17 @@ def static_files(tmp_path: Path, files: dict[str, str]) -> Iterator[str]:
         process.wait()
 
 
+def registry_token_auth(gw: JobgateProcess, tmp_path: Path) -> dict[str, str]:
+    """docker-registry's `auth: token:` settings for verifying `gw`'s registry tokens itself:
+    jobgate's /jwt/auth as realm, and the certificate `jobgate admin registry certificate`
+    prints (written after `gw`'s config, which creates the signing key) as rootcertbundle."""
+    gw.config_path.write_text(yaml.safe_dump(gw.config))
+    bundle = tmp_path / "rootcertbundle.pem"
+    bundle.write_text(gw.admin("registry", "certificate") + "\n")
+    return {"realm": f"{gw.url}/jwt/auth", "service": "container_registry", "issuer": "jobgate",
+            "rootcertbundle": str(bundle)}  # fmt: skip
+
+
 class JobgateProcess:
     """`jobgate serve` in a subprocess on free ports, with its stderr captured to a file."""
 

@@ -19,7 +19,7 @@ from gateway.store import Store
 
 from ..oci_image import write_oci_layout
 from ..peers import RegistryServer, skopeo
-from .serving import JobgateProcess
+from .serving import JobgateProcess, registry_token_auth
 
 
 @pytest.fixture
@@ -160,11 +160,7 @@ def test_a_registry_verifying_tokens_itself_accepts_jobgates(
     certificate` by the token's `kid` (libtrust's key id), then its issuer, audience and access."""
     write_oci_layout(tmp_path / "image", "v1", {"hello.txt": b"hello from the image\n"})
     gw = JobgateProcess.shipped(tmp_path, redis_server.url, {"container_registry": "http://127.0.0.1:1"})
-    gw.config_path.write_text(__import__("yaml").safe_dump(gw.config))
-    bundle = tmp_path / "rootcertbundle.pem"
-    bundle.write_text(gw.admin("registry", "certificate") + "\n")
-    auth = {"realm": f"{gw.url}/jwt/auth", "service": "container_registry", "issuer": "jobgate",
-            "rootcertbundle": str(bundle)}  # fmt: skip
+    auth = registry_token_auth(gw, tmp_path)
     with gw, RegistryServer(tmp_path, token_auth=auth) as registry:
         gw.admin("project", "set", "31", "--path", "direct/app", "--visibility", "private")
         gw.admin("member", "set", "31", "7", "30")

@@ -15,13 +15,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 from gateway.devredis import RedisProcess
 
 from ..oci_image import write_oci_layout
 from ..peers import RegistryServer, skopeo
-from .serving import JobgateProcess
+from .serving import JobgateProcess, registry_token_auth
 
 LEEWAY = 60  # seconds docker-registry allows past `exp` for clock skew (distribution's token.Leeway)
 
@@ -65,11 +63,7 @@ def test_token_server_mode_push_pull_denial_and_expiry(tmp_path: Path, redis_ser
     write_oci_layout(tmp_path / "image", "v1", {"hello.txt": b"hello, token server\n"})
     gw = JobgateProcess.shipped(tmp_path, redis_server.url, {"container_registry": "http://127.0.0.1:1"})
     gw.config["registry"] = {"token_ttl": ttl}  # the setting this test is about
-    gw.config_path.write_text(yaml.safe_dump(gw.config))
-    bundle = tmp_path / "rootcertbundle.pem"
-    bundle.write_text(gw.admin("registry", "certificate") + "\n")
-    auth = {"realm": f"{gw.url}/jwt/auth", "service": "container_registry", "issuer": "jobgate",
-            "rootcertbundle": str(bundle)}  # fmt: skip
+    auth = registry_token_auth(gw, tmp_path)
     with gw, RegistryServer(tmp_path, token_auth=auth) as registry:
         gw.admin("project", "set", "41", "--path", "direct/app", "--visibility", "private")
         gw.admin("project", "set", "42", "--path", "direct/other", "--visibility", "private")
