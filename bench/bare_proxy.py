@@ -11,8 +11,9 @@ import uvloop
 from aiohttp import web
 
 from gateway.config import UpstreamConfig
-from gateway.proxy import Forward, client_session, forward_request
+from gateway.proxy import Forward, forward_request
 from gateway.relay import Transfer
+from gateway.upstream import Pool
 
 SESSION = web.AppKey("session", object)
 
@@ -26,7 +27,7 @@ def main() -> None:
         return await forward_request(request.app[SESSION], request, forward, Transfer())  # type: ignore[arg-type]
 
     async def session_ctx(app: web.Application):  # type: ignore[no-untyped-def]
-        app[SESSION] = client_session(upstream)
+        app[SESSION] = Pool(upstream)
         yield
         await app[SESSION].close()  # type: ignore[attr-defined]
 

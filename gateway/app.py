@@ -100,9 +100,9 @@ async def _cache_ctx(app: web.Application) -> AsyncIterator[None]:
         await follower
 
 
-async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _pools_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[GATEWAY].runtime
-    runtime.open_sessions()
+    runtime.open_pools()
     yield
     await runtime.close()
 
@@ -124,7 +124,7 @@ def build_gateway(config: Config, metrics: Metrics | None = None) -> web.Applica
         issuer=registry.issuer_for(config.registry),
     )
     metrics.log = access_log
-    app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _sessions_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _cache_ctx, _pools_ctx])
     app.on_cleanup.append(_fold_metrics)
     app.router.add_get("/jwt/auth", observed(registry.jwt_auth, gateway))
     app.router.add_route("*", FORWARD_AUTH_PATH, observed(forward_auth, gateway))

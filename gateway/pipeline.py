@@ -318,7 +318,7 @@ async def handle(request: web.Request, log: RequestLog, gateway: Gateway) -> web
     transfer = Transfer()
     started = time.perf_counter()
     try:
-        return await forward_request(runtime.sessions[upstream.name], request, forward, transfer)
+        return await forward_request(runtime.pools[upstream.name], request, forward, transfer)
     except UpstreamError as exc:
         metrics.upstream_errors.labels(upstream.name, exc.kind).inc()
         return responses.upstream_failure(exc.status)

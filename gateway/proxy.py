@@ -11,12 +11,12 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, istr
-from yarl import URL
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from .config import IPNetwork, UpstreamConfig
 from .identity import IDENTITY_PREFIX
 from .relay import Transfer, relay_body, relayable
+from .upstream import STREAM_BUFFER, Answer, Pool
 
 #: RFC 9110 §7.6.1 connection-specific headers, never forwarded either way.
 HOP_BY_HOP = frozenset(
@@ -33,10 +33,6 @@ HOP_BY_HOP = frozenset(
     }
 )
 REQUEST_ID = istr("X-Request-Id")  # an istr: multidict takes it without case-folding it again
-#: Bytes read from the upstream at a time, and a quarter of what may queue for the client.
-#: 64 KiB streamed 1 GiB 12-25 % faster than 256 KiB in interleaved runs (docs/performance.md):
-#: chunks stay in cache and `readany` joins less.
-STREAM_BUFFER = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -120,7 +116,7 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     return tokens
 
 
-def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]:
+def upstream_headers(request: web.Request, forward: Forward, pool: Pool) -> CIMultiDict[str]:
     """The request headers the upstream sees.
 
     Forwarding headers are jobgate's: the client's Forwarded, X-Forwarded-* and X-Real-IP
@@ -132,7 +128,9 @@ def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]
     if forward.body is not None:  # a rebuilt body: aiohttp sets its length (and form type)
         drop |= {"content-length"} if isinstance(forward.body, bytes) else {"content-length", "content-type"}
     trusted = forward.trusted_peer
-    headers: CIMultiDict[str] = CIMultiDict()
+    headers: CIMultiDict[str] = CIMultiDict(
+        Host=request.host if forward.upstream.preserve_host else pool.authority
+    )
     for name, value in request.headers.items():
         lower = name.lower()
         if lower in drop or lower.startswith(IDENTITY_PREFIX):
@@ -140,8 +138,6 @@ def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]
         if not trusted and (lower in FORWARDING or lower.startswith(FORWARDING_PREFIX)):
             continue
         headers.add(name, value)
-    if forward.upstream.preserve_host:
-        headers["Host"] = request.host
     remote = request.remote or ""
     host = request.host if valid_host(request.host) else None
     proto = request.scheme
@@ -168,33 +164,26 @@ def upstream_headers(request: web.Request, forward: Forward) -> CIMultiDict[str]
     return headers
 
 
-def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers the client sees."""
-    drop = HOP_BY_HOP | _connection_tokens(upstream.headers)
+    drop = HOP_BY_HOP | _connection_tokens(upstream)
     headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
+    for name, value in upstream.items():
         if name.lower() not in drop:
             headers.add(name, value)
     return headers
 
 
 async def forward_request(
-    session: aiohttp.ClientSession, request: web.Request, forward: Forward, transfer: Transfer
+    pool: Pool, request: web.Request, forward: Forward, transfer: Transfer
 ) -> web.StreamResponse:
     """Stream `request` to the upstream and its answer back; raises UpstreamError before answering."""
-    url = forward.upstream.url + forward.path + (f"?{forward.query}" if forward.query else "")
+    target = forward.path + (f"?{forward.query}" if forward.query else "")
     body: Any = forward.body
     if body is None and request.body_exists:
         body = _counted(request.content, transfer, forward.body_idle_timeout)
     try:
-        upstream = await session.request(
-            request.method,
-            URL(url, encoded=True),
-            headers=upstream_headers(request, forward),
-            data=body,
-            allow_redirects=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
-        )
+        answer = await pool.request(request.method, target, upstream_headers(request, forward, pool), body)
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if transfer.client_stalled:
             raise UpstreamError(408, "client_stalled") from None
@@ -203,22 +192,34 @@ async def forward_request(
         if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
             raise UpstreamError(504, "timeout") from None
         raise UpstreamError(502, "unreachable") from None
-    async with upstream:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(response_headers(upstream))
+    try:
+        headers = response_headers(answer.headers)
         if forward.request_id:
-            response.headers[REQUEST_ID] = forward.request_id
+            headers[REQUEST_ID] = forward.request_id
+        content = answer.content
+        if content.is_eof() and content.exception() is None:  # the whole body came with the head
+            body_bytes = content.read_nowait()
+            transfer.received += len(body_bytes)
+            response: web.StreamResponse = web.Response(
+                status=answer.status, reason=answer.reason, headers=headers, body=body_bytes or None
+            )
+            await response.prepare(request)  # head and body in one write
+            await response.write_eof()
+            return response
+        response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
         await response.prepare(request)
-        if relayable(request, upstream):
-            await relay_body(request, response, upstream, transfer, forward.upstream.read_timeout)
+        if relayable(request, answer):
+            await relay_body(request, response, answer, transfer, forward.upstream.read_timeout)
         else:
-            await _stream_body(request, response, upstream, transfer)
+            await _stream_body(request, response, answer, transfer)
         await response.write_eof()
-    return response
+        return response
+    finally:
+        pool.release(answer)
 
 
 async def _stream_body(
-    request: web.Request, response: web.StreamResponse, upstream: aiohttp.ClientResponse, transfer: Transfer
+    request: web.Request, response: web.StreamResponse, upstream: Answer, transfer: Transfer
 ) -> None:
     """The upstream's body through aiohttp's reader (small, chunked or TLS bodies)."""
     if request.transport is not None and (upstream.content_length or STREAM_BUFFER) >= STREAM_BUFFER:
@@ -246,25 +247,3 @@ async def _counted(stream: aiohttp.StreamReader, transfer: Transfer, idle: float
             return
         transfer.sent += len(chunk)
         yield chunk
-
-
-def client_session(upstream: UpstreamConfig) -> aiohttp.ClientSession:
-    """A pooled client for one upstream with its timeouts and TLS settings."""
-    ssl: Any = None
-    if not upstream.tls_verify:
-        ssl = False
-    elif upstream.ca_file:
-        import ssl as ssl_module
-
-        ssl = ssl_module.create_default_context(cafile=upstream.ca_file)
-    connector = aiohttp.TCPConnector(limit=0, ssl=ssl, ttl_dns_cache=60)
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=upstream.connect_timeout, sock_read=upstream.read_timeout
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        read_bufsize=STREAM_BUFFER,
-    )

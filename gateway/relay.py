@@ -15,8 +15,9 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
+
+from .upstream import Answer
 
 RELAY_MIN = 1 << 20  # bodies at least this long are relayed
 RELAY_BUFFER = 512 * 1024  # one socket read (256 KiB: ~0.7x, 512 KiB: ~0.8x direct; 1 MiB: no better)
@@ -33,15 +34,15 @@ class Transfer:
     client_stalled: bool = False  # the request body stopped arriving (slow client)
 
 
-def relayable(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+def relayable(request: web.Request, upstream: Answer) -> bool:
     """True for a large, plain, length-delimited body between two plain TCP connections."""
-    length, connection, client = upstream.content_length, upstream.connection, request.transport
+    length, transport, client = upstream.content_length, upstream.protocol.transport, request.transport
     return (
         length is not None and length >= RELAY_MIN
         and request.method != "HEAD" and upstream.status >= 200 and upstream.status not in _NO_BODY
         and "Transfer-Encoding" not in upstream.headers
-        and connection is not None and connection.transport is not None and client is not None
-        and connection.transport.get_extra_info("sslcontext") is None
+        and transport is not None and client is not None
+        and transport.get_extra_info("sslcontext") is None
         and client.get_extra_info("sslcontext") is None
         and upstream.content.exception() is None
     )  # fmt: skip
@@ -99,16 +100,15 @@ class _Relay(asyncio.BufferedProtocol):
             self.wakeup.set_result(None)
 
 
-async def relay_body(request: web.Request, response: web.StreamResponse, upstream: aiohttp.ClientResponse,
+async def relay_body(request: web.Request, response: web.StreamResponse, upstream: Answer,
                      transfer: Transfer, idle: float) -> None:  # fmt: skip
     """Send the rest of `upstream`'s body to the client (see `relayable`), counting it in `transfer`.
 
     Raises ConnectionResetError when either side breaks or the upstream is idle for `idle`
     seconds: too late for a status, the client's transfer must not look complete.
     """
-    connection, client = upstream.connection, request.transport
-    assert connection is not None and connection.transport is not None and client is not None
-    transport = connection.transport
+    transport, client = upstream.protocol.transport, request.transport
+    assert transport is not None and client is not None
     head = upstream.content.read_nowait()  # what arrived with the headers
     await response.write(head)  # the headers (aiohttp holds them back until a body write), then these
     transfer.received += len(head)
@@ -133,6 +133,6 @@ async def relay_body(request: web.Request, response: web.StreamResponse, upstrea
                 if time.monotonic() - relay.progress >= idle:
                     relay.failure = "the upstream went idle"
     finally:
-        upstream.close()  # its parser never saw this body: the connection cannot be reused
+        transport.close()  # its parser never saw this body: the connection cannot be reused
     if relay.failure is not None:
         raise ConnectionResetError(f"upstream broke mid-response: {relay.failure}")

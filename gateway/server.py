@@ -19,7 +19,6 @@ from collections.abc import Coroutine
 from contextlib import suppress
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
@@ -30,6 +29,7 @@ from .devredis import PortTaken, RedisNotInstalled, RedisProcess
 from .protocols.registry import TokenIssuer, issuer_for
 from .signing import SigningKeyError, ensure_key_file, load_key
 from .store import Store, connect
+from .upstream import Pool
 
 log = logging.getLogger("jobgate")
 HEALTH_STORE = web.AppKey("health_store", Store)
@@ -87,8 +87,8 @@ async def _start(
 _closing: set[asyncio.Task[None]] = set()
 
 
-def _close_later(session: aiohttp.ClientSession) -> None:
-    task = asyncio.ensure_future(session.close())
+def _close_later(pool: Pool) -> None:
+    task = asyncio.ensure_future(pool.close())
     _closing.add(task)
     task.add_done_callback(_closing.discard)
 
@@ -147,8 +147,8 @@ def _apply_to_gateway(app: web.Application, config: Config, issuer: TokenIssuer)
         gateway.cache.ttl, gateway.cache.max_entries = config.cache.ttl, config.cache.max_entries
     gateway.cache.flush()  # remembered decisions were made under the old scope settings
     loop = asyncio.get_running_loop()
-    for session in retired:  # let requests in flight on the old clients finish
-        loop.call_later(DRAIN_SECONDS, _close_later, session)
+    for pool in retired:  # let requests in flight on the old pools finish
+        loop.call_later(DRAIN_SECONDS, _close_later, pool)
 
 
 def reload_config(app: web.Application, path: str) -> bool:
