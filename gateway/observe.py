@@ -101,6 +101,17 @@ def mask(text: str, *tokens: str | None) -> str:
     return text
 
 
+def maskable(text: str, token: str | None, tokens: tuple[str, ...] = ()) -> bool:
+    """False when `mask(text, token, *tokens)` is `text` itself: no token in it as it stands,
+    and none of what `mask` looks for besides (an encoding, a token's shape, a parameter, a
+    userinfo). The access line asks this first (a property test holds it to `mask`)."""
+    if "%" in text or "+" in text or "gl" in text or "=" in text or "@" in text:
+        return True
+    if token and token in text:
+        return True
+    return any(t and t in text for t in tokens)
+
+
 def _mask_encoded(text: str, tokens: list[str]) -> str:
     """Pieces of a URL that decode to a token, or follow a secret name spelled encoded."""
 
@@ -443,8 +454,8 @@ class RequestLog:
         path, remote, upstream = self.path, self.remote, self.upstream
         remote = "null" if remote is None else _Q + remote + _Q
         upstream = "null" if upstream is None else _Q + upstream + _Q
-        if self.tokens or self.token or "=" in path or "@" in path or "%" in path or "gl" in path:
-            path = encode_basestring_ascii(mask(path, *self.secrets))  # what `mask` looks for
+        if maskable(path, self.token, self.tokens):
+            path = encode_basestring_ascii(mask(path, *self.secrets))
         else:
             path = encode_basestring_ascii(path)
         request_id = (encode_basestring_ascii(mask(self.request_id, *self.secrets)) if self.id_from_client

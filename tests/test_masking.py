@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.observe import MASK, mask
+from gateway.observe import MASK, mask, maskable
 
 from .conftest import RecordingUpstream, World, raw_request
 
@@ -68,3 +70,26 @@ async def test_the_unhandled_error_record_masks_the_clients_request_id(
     assert status == 500
     records = [r.getMessage() for r in caplog.records if "unhandled" in r.getMessage()]
     assert records and all(token not in r for r in records) and "req-[MASKED]" in records[0]
+
+
+_PLAIN = st.sampled_from(["/", "a", "x", "1", "_", "?", "&", "-", ".", "bin", "api"])
+_TRIGGERS = st.sampled_from(
+    ["gl", "glcbt-1_ab", "glptt-x", "%", "%67lcbt-1_ab", "+", "a+b", "=", "job_token=", "@", "a://u@h"]
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    pieces=st.lists(st.one_of(_PLAIN, _PLAIN, _PLAIN, _TRIGGERS, st.text(max_size=3)), max_size=10),
+    token=st.one_of(st.sampled_from([None, "", "a b"]), _PLAIN, _TRIGGERS, st.text(min_size=1, max_size=6)),
+    others=st.lists(st.one_of(_PLAIN, _TRIGGERS, st.text(max_size=5)), max_size=3).map(tuple),
+    embed=st.sampled_from(["none", "token", "other"]),
+)
+def test_the_access_lines_shortcut_never_skips_what_mask_would_change(
+    pieces: list[str], token: str | None, others: tuple[str, ...], embed: str
+) -> None:
+    """`maskable` False must mean `mask` leaves the text as it is (the access line skips it then)."""
+    inside = {"none": "", "token": token or "", "other": others[0] if others else ""}[embed]
+    text = "".join(pieces[: len(pieces) // 2]) + inside + "".join(pieces[len(pieces) // 2 :])
+    if not maskable(text, token, others):
+        assert mask(text, token, *others) == text
