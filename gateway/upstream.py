@@ -107,6 +107,7 @@ class Pool:
     async def _exchange(self, protocol: ResponseHandler, method: str, head: bytes, body: Any) -> Answer:
         protocol.set_response_params(
             skip_payload=method == "HEAD",
+            read_until_eof=True,  # an answer with neither length nor chunks ends at EOF (RFC 9112 §6.3)
             read_timeout=self.read_timeout,
             read_bufsize=STREAM_BUFFER,
             auto_decompress=False,
