@@ -385,6 +385,10 @@ _UPSTREAM = {
 }
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2 token
+_HEADER_VALUE_BREAK = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but HTAB
+
+
 def _upstream(r: _Reader, name: str, data: Any) -> UpstreamConfig | None:
     key = f"upstreams.{name}"
     if not isinstance(data, dict) or "url" not in data:
@@ -394,6 +398,12 @@ def _upstream(r: _Reader, name: str, data: Any) -> UpstreamConfig | None:
     headers: dict[str, str] = {}
     for hname, hvalue in r.section(d.get("headers"), f"{key}.headers", set(d.get("headers") or {})).items():
         value = r.get({hname: hvalue}, f"{key}.headers", hname, r.string, "")
+        if not _HEADER_NAME.fullmatch(str(hname)):
+            r.problem(f"{key}.headers", f"{str(hname)!r} is not an HTTP header name")
+        elif _HEADER_VALUE_BREAK.search(value):  # the value may be a secret: never shown
+            r.problem(
+                f"{key}.headers.{hname}", "a header value may not hold CR, LF or other control characters"
+            )
         headers[str(hname)] = value
     rewrites: list[tuple[re.Pattern[str], str]] = []
     raw_rules = d.get("path_rewrite") or {}

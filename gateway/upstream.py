@@ -51,13 +51,26 @@ class Answer:
     reason: str
     headers: CIMultiDictProxy[str]
     content: StreamReader
-    protocol: ResponseHandler
+    protocol: _Connection
     writer: asyncio.Task[None] | None  # the request body still being sent, if any
 
     @property
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length")
         return int(value) if value is not None and value.isdigit() else None
+
+
+class _Connection(ResponseHandler):
+    """aiohttp's response protocol, told when its connection sits idle in the pool: an
+    upstream that sends anything then (a stray answer, half a head, a CRLF) is out of step,
+    and the connection is never used again."""
+
+    idle = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle:
+            self.force_close()
+        super().data_received(data)
 
 
 class Pool:
@@ -71,7 +84,7 @@ class Pool:
         self.ssl: ssl.SSLContext | None = _ssl_context(upstream) if url.scheme == "https" else None
         self.connect_timeout = upstream.connect_timeout
         self.read_timeout = upstream.read_timeout
-        self.idle: list[tuple[float, ResponseHandler]] = []
+        self.idle: list[tuple[float, _Connection]] = []
         self.closed = False
 
     async def request(self, method: str, target: str, headers: CIMultiDict[str], body: Any = None) -> Answer:
@@ -104,7 +117,7 @@ class Pool:
         # new connection, as aiohttp does for an idempotent request
         return await self._exchange(await self._connect(), method, head, body)
 
-    async def _exchange(self, protocol: ResponseHandler, method: str, head: bytes, body: Any) -> Answer:
+    async def _exchange(self, protocol: _Connection, method: str, head: bytes, body: Any) -> Answer:
         protocol.set_response_params(
             skip_payload=method == "HEAD",
             read_until_eof=True,  # an answer with neither length nor chunks ends at EOF (RFC 9112 §6.3)
@@ -134,20 +147,21 @@ class Pool:
             protocol.close()
             raise
 
-    async def _acquire(self) -> tuple[ResponseHandler, bool]:
+    async def _acquire(self) -> tuple[_Connection, bool]:
         now = time.monotonic()
         while self.idle:
             since, protocol = self.idle.pop()
+            protocol.idle = False
             if now - since < KEEPALIVE_SECONDS and protocol.is_connected() and not protocol.should_close:
                 return protocol, True
             protocol.close()
         return await self._connect(), False
 
-    async def _connect(self) -> ResponseHandler:
+    async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout):
             _, protocol = await loop.create_connection(
-                lambda: ResponseHandler(loop), self.host, self.port, ssl=self.ssl,
+                lambda: _Connection(loop), self.host, self.port, ssl=self.ssl,
                 server_hostname=self.host if self.ssl else None,
             )  # fmt: skip
         return protocol
@@ -158,6 +172,7 @@ class Pool:
         sent = _settled(answer.writer)  # an unsent body leaves the connection mid-request
         if sent and answer.content.is_eof() and protocol.is_connected() and not protocol.should_close \
                 and not self.closed and len(self.idle) < MAX_IDLE:  # fmt: skip
+            protocol.idle = True
             self.idle.append((time.monotonic(), protocol))
         else:
             protocol.close()

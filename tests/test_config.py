@@ -64,6 +64,39 @@ admin_listen: 127.0.0.1:8081
     assert len(caught.value.problems) == 10
 
 
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ('{X-Auth: "a\\r\\nX-Injected: 1"}', "upstreams.git.headers.X-Auth: a header value may not hold CR"),
+        ('{X-Auth: "a\\nb"}', "upstreams.git.headers.X-Auth: a header value may not hold CR"),
+        ('{X-Auth: "a\\0b"}', "upstreams.git.headers.X-Auth: a header value may not hold CR"),
+        ('{"Bad Name": x}', "upstreams.git.headers: 'Bad Name' is not an HTTP header name"),
+        ('{"X:Y": x}', "upstreams.git.headers: 'X:Y' is not an HTTP header name"),
+    ],
+)
+def test_an_upstream_header_that_would_break_the_request_head_is_a_config_error(
+    tmp_path: Path, headers: str, problem: str
+) -> None:
+    """Every request to that upstream would fail (the head serializer refuses it): refused at
+    load, naming the key, never showing the value (it may be a secret)."""
+    path = write(
+        tmp_path,
+        f"listen: 127.0.0.1:8080\nupstreams: {{git: {{url: 'http://127.0.0.1:1', headers: {headers}}}}}\n",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert f"{path}: {problem}" in "\n".join(caught.value.problems)
+    assert "Injected" not in str(caught.value)
+
+
+def test_a_tab_in_an_upstream_header_value_is_fine(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "listen: 127.0.0.1:8080\nupstreams: {git: {url: 'http://127.0.0.1:1', headers: {X-A: \"a\\tb\"}}}\n",
+    )
+    assert load_config(path).upstreams["git"].headers["X-A"] == "a\tb"
+
+
 def test_environment_variables_fill_secrets(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -407,6 +407,8 @@ async def test_a_partial_unsolicited_head_never_reaches_the_next_answer(
     status, headers, body = await fetch(pool, target="/second")
     assert status == 200 and "X-Smuggled" not in headers
     assert body == (b"reused" if len(up.peers) == 1 else b"one")
+    if delay:  # bytes while the connection sat idle: an upstream out of step is not used again
+        assert (len(up.peers), body) == (2, b"one")
 
 
 async def test_unsolicited_bytes_never_reach_the_next_client_through_the_gateway(
