@@ -116,6 +116,20 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     return tokens
 
 
+#: Request headers never copied upstream: hop-by-hop, Host (the upstream's own), Expect
+#: (jobgate answers it), and the forwarding headers jobgate rebuilds (see `upstream_headers`).
+_NOT_COPIED = HOP_BY_HOP | {
+    "host",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+}
+_REBUILT_BYTES = frozenset({"content-length"})
+_REBUILT_FORM = frozenset({"content-length", "content-type"})  # a form's type is the rebuilt body's
+
+
 def upstream_headers(request: web.Request, forward: Forward, pool: Pool) -> CIMultiDict[str]:
     """The request headers the upstream sees.
 
@@ -123,42 +137,45 @@ def upstream_headers(request: web.Request, forward: Forward, pool: Pool) -> CIMu
     are dropped unless the peer is a trusted proxy (then its chain is extended); the
     upstream's static `headers:` override the computed ones.
     """
-    drop = HOP_BY_HOP | _connection_tokens(request.headers) | forward.drop_headers
-    drop |= {"host", "expect"}
-    if forward.body is not None:  # a rebuilt body: aiohttp sets its length (and form type)
-        drop |= {"content-length"} if isinstance(forward.body, bytes) else {"content-length", "content-type"}
+    client = request.headers
+    drop = _NOT_COPIED | forward.drop_headers
+    if "Connection" in client:
+        drop |= _connection_tokens(client)
+    if forward.body is not None:  # a rebuilt body: the pool sets its length (and a form's type)
+        drop |= _REBUILT_BYTES if isinstance(forward.body, bytes) else _REBUILT_FORM
+    if forward.request_id:
+        drop |= {"x-request-id"}
     trusted = forward.trusted_peer
-    headers: CIMultiDict[str] = CIMultiDict(
-        Host=request.host if forward.upstream.preserve_host else pool.authority
-    )
-    for name, value in request.headers.items():
+    request_host = request.host
+    host = request_host if valid_host(request_host) else None
+    remote, scheme = request.remote or "", request.scheme
+    pairs = [("Host", request_host if forward.upstream.preserve_host else pool.authority)]
+    for name, value in client.items():
         lower = name.lower()
         if lower in drop or lower.startswith(IDENTITY_PREFIX):
             continue
         if not trusted and (lower in FORWARDING or lower.startswith(FORWARDING_PREFIX)):
             continue
-        headers.add(name, value)
-    remote = request.remote or ""
-    host = request.host if valid_host(request.host) else None
-    proto = request.scheme
+        pairs.append((name, value))
+    element = f"for={_forwarded_node(remote)};proto={scheme}" + (f';host="{host}"' if host else "")
+    proto = scheme
     if trusted:
-        chain = ", ".join(request.headers.getall("X-Forwarded-For", ()))
-        headers["X-Forwarded-For"] = f"{chain}, {remote}" if chain else remote
-        proto = request.headers.get("X-Forwarded-Proto", proto)
-        host = request.headers.get("X-Forwarded-Host", host)
+        chain = ", ".join(client.getall("X-Forwarded-For", ()))
+        previous = ", ".join(client.getall("Forwarded", ()))
+        pairs.append(("X-Forwarded-For", f"{chain}, {remote}" if chain else remote))
+        proto = client.get("X-Forwarded-Proto", proto)
+        host = client.get("X-Forwarded-Host", host)
+        element = f"{previous}, {element}" if previous else element
     else:
-        headers["X-Forwarded-For"] = remote
-    headers["X-Forwarded-Proto"] = proto
+        pairs.append(("X-Forwarded-For", remote))
+    pairs.append(("X-Forwarded-Proto", proto))
     if host:
-        headers["X-Forwarded-Host"] = host
-    element = f"for={_forwarded_node(remote)};proto={request.scheme}"
-    if valid_host(request.host):
-        element += f';host="{request.host}"'
-    previous = ", ".join(request.headers.getall("Forwarded", ())) if trusted else ""
-    headers["Forwarded"] = f"{previous}, {element}" if previous else element
-    headers.extend(forward.identity)  # the client's own X-Jobgate-* headers were dropped above
+        pairs.append(("X-Forwarded-Host", host))
+    pairs.append(("Forwarded", element))
+    pairs.extend(forward.identity.items())  # the client's own X-Jobgate-* headers were dropped above
     if forward.request_id:
-        headers[REQUEST_ID] = forward.request_id
+        pairs.append((REQUEST_ID, forward.request_id))
+    headers: CIMultiDict[str] = CIMultiDict(pairs)
     for name, value in forward.upstream.headers.items():
         headers[name] = value
     return headers
