@@ -181,14 +181,15 @@ def upstream_headers(request: web.Request, forward: Forward, pool: Pool) -> CIMu
     return headers
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's response headers the client sees."""
-    drop = HOP_BY_HOP | _connection_tokens(upstream)
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        if name.lower() not in drop:
-            headers.add(name, value)
-    return headers
+def response_headers(upstream: CIMultiDictProxy[str], request_id: str = "") -> list[tuple[str, str]]:
+    """The upstream's response headers the client sees, with jobgate's request id if given."""
+    drop = HOP_BY_HOP | _connection_tokens(upstream) if "Connection" in upstream else HOP_BY_HOP
+    if request_id:
+        drop = drop | {"x-request-id"}
+    pairs = [(name, value) for name, value in upstream.items() if name.lower() not in drop]
+    if request_id:
+        pairs.append((REQUEST_ID, request_id))
+    return pairs
 
 
 async def forward_request(
@@ -210,9 +211,7 @@ async def forward_request(
             raise UpstreamError(504, "timeout") from None
         raise UpstreamError(502, "unreachable") from None
     try:
-        headers = response_headers(answer.headers)
-        if forward.request_id:
-            headers[REQUEST_ID] = forward.request_id
+        headers = response_headers(answer.headers, forward.request_id)
         content = answer.content
         if content.is_eof() and content.exception() is None:  # the whole body came with the head
             body_bytes = content.read_nowait()
