@@ -109,11 +109,12 @@ def _forwarded_node(address: str) -> str:
     return f'"[{address}]"' if ":" in address else address
 
 
-def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
-    tokens: set[str] = set()
-    for value in headers.getall("Connection", []) if hasattr(headers, "getall") else []:
-        tokens.update(t.strip().lower() for t in value.split(","))
-    return tokens
+def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
+    """The header names a Connection header lists (hop-by-hop too, RFC 9110 §7.6.1)."""
+    if "Connection" not in headers:
+        return frozenset()
+    values = headers.getall("Connection", []) if hasattr(headers, "getall") else [headers["Connection"]]
+    return frozenset(t.strip().lower() for value in values for t in value.split(","))
 
 
 #: Request headers never copied upstream: hop-by-hop, Host (the upstream's own), Expect
@@ -138,9 +139,7 @@ def upstream_headers(request: web.Request, forward: Forward, pool: Pool) -> CIMu
     upstream's static `headers:` override the computed ones.
     """
     client = request.headers
-    drop = _NOT_COPIED | forward.drop_headers
-    if "Connection" in client:
-        drop |= _connection_tokens(client)
+    drop = _NOT_COPIED | forward.drop_headers | _connection_tokens(client)
     if forward.body is not None:  # a rebuilt body: the pool sets its length (and a form's type)
         drop |= _REBUILT_BYTES if isinstance(forward.body, bytes) else _REBUILT_FORM
     if forward.request_id:
@@ -183,7 +182,7 @@ def upstream_headers(request: web.Request, forward: Forward, pool: Pool) -> CIMu
 
 def response_headers(upstream: CIMultiDictProxy[str], request_id: str = "") -> list[tuple[str, str]]:
     """The upstream's response headers the client sees, with jobgate's request id if given."""
-    drop = HOP_BY_HOP | _connection_tokens(upstream) if "Connection" in upstream else HOP_BY_HOP
+    drop = HOP_BY_HOP | _connection_tokens(upstream)
     if request_id:
         drop = drop | {"x-request-id"}
     pairs = [(name, value) for name, value in upstream.items() if name.lower() not in drop]

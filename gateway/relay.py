@@ -110,7 +110,7 @@ async def relay_body(request: web.Request, response: web.StreamResponse, upstrea
     transport, client = upstream.protocol.transport, request.transport
     assert transport is not None and client is not None
     head = upstream.content.read_nowait()  # what arrived with the headers
-    await response.write(head)  # the headers (aiohttp holds them back until a body write), then these
+    await response.write(head)
     transfer.received += len(head)
     relay = _Relay(client, transport, upstream.content_length - len(head), transfer)  # type: ignore[operator]
     loop = asyncio.get_running_loop()

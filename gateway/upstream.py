@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,24 +100,28 @@ class Pool:
             payload = body()
             headers["Content-Type"] = payload.content_type
             body = await payload.as_bytes()
+        chunked = False
         if isinstance(body, bytes):
             headers["Content-Length"] = str(len(body))
         elif body is not None and "Content-Length" not in headers:
             headers["Transfer-Encoding"] = "chunked"
+            chunked = True
         elif body is None and method in _BODY_METHODS and "Content-Length" not in headers:
             headers["Content-Length"] = "0"
         head = _serialize_headers(f"{method} {self.base_path}{target} HTTP/1.1", headers)
         protocol, reused = await self._acquire()
         try:
-            return await self._exchange(protocol, method, head, body)
+            return await self._exchange(protocol, method, head, body, chunked)
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
             if not reused or method not in _IDEMPOTENT or not (body is None or isinstance(body, bytes)):
                 raise
         # the upstream closed a kept-alive connection as the request went out: once more on a
         # new connection, as aiohttp does for an idempotent request
-        return await self._exchange(await self._connect(), method, head, body)
+        return await self._exchange(await self._connect(), method, head, body, chunked)
 
-    async def _exchange(self, protocol: _Connection, method: str, head: bytes, body: Any) -> Answer:
+    async def _exchange(
+        self, protocol: _Connection, method: str, head: bytes, body: Any, chunked: bool = False
+    ) -> Answer:
         protocol.set_response_params(
             skip_payload=method == "HEAD",
             read_until_eof=True,  # an answer with neither length nor chunks ends at EOF (RFC 9112 §6.3)
@@ -133,7 +137,7 @@ class Pool:
                 transport.write(head + body if body else head)
                 protocol.start_timeout()
             else:
-                writer = asyncio.ensure_future(_send_body(protocol, head, body))
+                writer = asyncio.ensure_future(_send_body(protocol, head, body, chunked))
             while True:  # a 1xx answer is interim: the final one follows on the same connection
                 message, payload = await protocol.read()
                 if not 100 <= message.code < 200 or message.code == 101:
@@ -184,12 +188,14 @@ class Pool:
             self.idle.pop()[1].close()
 
 
-async def _send_body(protocol: ResponseHandler, head: bytes, body: AsyncIterator[bytes]) -> None:
+async def _send_body(
+    protocol: ResponseHandler, head: bytes, body: AsyncIterator[bytes], chunked: bool
+) -> None:
     """Write the request head and a streamed body, framed as the head says, then start the
     read timeout (the upstream answers once it has the body)."""
     loop = asyncio.get_running_loop()
     writer = StreamWriter(protocol, loop)
-    if b"\r\nTransfer-Encoding: chunked\r\n" in head:
+    if chunked:
         writer.enable_chunking()
     assert protocol.transport is not None
     try:
@@ -222,8 +228,3 @@ def _ssl_context(upstream: UpstreamConfig) -> ssl.SSLContext:
         context.verify_mode = ssl.CERT_NONE
         return context
     return ssl.create_default_context(cafile=upstream.ca_file or None)
-
-
-def pools(upstreams: Mapping[str, UpstreamConfig]) -> dict[str, Pool]:
-    """One pool per upstream."""
-    return {name: Pool(upstream) for name, upstream in upstreams.items()}
